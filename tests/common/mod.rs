@@ -1,0 +1,68 @@
+//! Shared black-box test harness: a generated PKI, in-process upstreams, the real gateway binary
+//! on ephemeral ports, and clients (curl, raw HTTP, a TLS probe).
+//!
+//! Each integration test file starts with `mod common;` and uses the part it needs, hence the
+//! `#[allow(dead_code)]` on public items.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod gateway;
+pub mod pki;
+pub mod upstream;
+
+#[allow(unused_imports)]
+pub use client::{http_get, raw_request, Curl, Response, Served, TlsProbe};
+#[allow(unused_imports)]
+pub use gateway::{check, check_dir, CheckOutput, ConfDir, Gateway, GatewayBuilder, Ports};
+#[allow(unused_imports)]
+pub use pki::{dn_string, indent, serial_hex, Leaf, LeafSpec, Pki, Usage, Validity};
+#[allow(unused_imports)]
+pub use upstream::{closed_port, ClientAuth, HttpEcho, HttpsEcho, TlsBackend};
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+/// A port on 127.0.0.1 that was free a moment ago (the listener is dropped before returning).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// The repository root (for the example `conf/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Asserts an error body is exactly `{"message": message, "request_id": <the X-Request-Id header>}`.
+pub fn assert_error_body(resp: &Response, status: u16, message: &str) {
+    assert_eq!(
+        resp.status,
+        status,
+        "status; response: {resp:#?} body={}",
+        resp.text()
+    );
+    let body = resp.json();
+    let obj = body
+        .as_object()
+        .unwrap_or_else(|| panic!("error body is not a JSON object: {}", resp.text()));
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["message", "request_id"],
+        "error body keys: {}",
+        resp.text()
+    );
+    assert_eq!(body["message"], message, "error message: {}", resp.text());
+    let rid = resp
+        .header("x-request-id")
+        .unwrap_or_else(|| panic!("error response without X-Request-Id: {resp:#?}"));
+    assert!(!rid.is_empty(), "empty X-Request-Id");
+    assert_eq!(
+        body["request_id"], rid,
+        "request_id must equal X-Request-Id"
+    );
+}
