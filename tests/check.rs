@@ -1,0 +1,500 @@
+//! Black-box tests of `portcullis check` and config loading (issue 2): good and bad conf dirs with
+//! the exact `file:line:col: entity.path:` of each error, a Kong `kong.yml` loading unchanged, and
+//! the repository's example `conf/`.
+//!
+//! Columns are 1-based: an unknown field points at its key, any other error at the offending value
+//! (for a reference, the referencing value; for a key mismatch, the `key`/`key_file` value).
+
+mod common;
+
+use common::*;
+
+/// Asserts `check` failed and printed a line starting with `prefix` that contains `keyword`.
+#[track_caller]
+fn assert_error(out: &CheckOutput, prefix: &str, keyword: &str) {
+    assert_eq!(out.code, 1, "check must exit 1 on errors:\n{}", out.all());
+    let lines = out.lines_starting(prefix);
+    assert!(
+        !lines.is_empty(),
+        "no error line starting with {prefix:?}; output:\n{}",
+        out.all()
+    );
+    assert!(
+        lines.iter().any(|l| l
+            .to_ascii_lowercase()
+            .contains(&keyword.to_ascii_lowercase())),
+        "error line(s) {lines:#?} lack {keyword:?}"
+    );
+    assert!(
+        !out.all().contains("panicked"),
+        "check panicked:\n{}",
+        out.all()
+    );
+}
+
+fn check_yaml(yaml: &str) -> CheckOutput {
+    let conf = ConfDir::new().with("gateway.yaml", yaml);
+    check(&conf)
+}
+
+#[test]
+fn good_conf_dir_exits_0_with_one_line_summary() {
+    let pki = Pki::new();
+    let conf = ConfDir::new()
+        .with("certs/api.crt", &pki.server.chain_pem)
+        .with("certs/api.key", &pki.server.key_pem)
+        .with(
+            "gateway.yaml",
+            format!(
+                r#"
+listeners:
+  proxy:
+    - address: 127.0.0.1:18000
+    - address: 127.0.0.1:18443
+      tls: true
+  status:
+    address: 127.0.0.1:18100
+tls:
+  default_certificate: api
+ca_certificates:
+- name: test-root
+  cert: |
+{root}
+certificates:
+- name: api
+  cert_file: certs/api.crt
+  key_file: certs/api.key
+  snis: [kong.example, "*.kong.example"]
+services:
+- name: echo
+  url: https://127.0.0.1:9443/base
+  ca_certificates: [test-root]
+  tls_verify_depth: 1
+  routes:
+  - name: api
+    hosts: [kong.example]
+    paths: [/api, '~/v\d+/items']
+    methods: [GET, POST]
+    headers:
+      x-team: [blue]
+    regex_priority: 3
+"#,
+                root = indent(&pki.root.cert_pem, 4)
+            ),
+        );
+    let out = check(&conf);
+    assert_eq!(out.code, 0, "check failed:\n{}", out.all());
+    let summary: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        summary.len(),
+        1,
+        "one-line summary expected:\n{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn unknown_field_points_at_its_key() {
+    let out = check_yaml("services:\n- name: a\n  url: http://127.0.0.1:9\n  retires: 3\n");
+    assert_error(
+        &out,
+        "conf/gateway.yaml:4:3: services[0].retires: ",
+        "unknown",
+    );
+    // The hint names the field the user probably meant.
+    assert_error(
+        &out,
+        "conf/gateway.yaml:4:3: services[0].retires: ",
+        "retries",
+    );
+
+    // Nested inside a route, and in a settings section.
+    let out = check_yaml(
+        "listeners:\n  proxy:\n  - address: 127.0.0.1:1\n    tsl: true\nservices:\n- name: a\n  url: http://127.0.0.1:9\n  routes:\n  - name: r\n    paths: [/]\n    strip_pth: false\n",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:4:5: listeners.proxy[0].tsl: ",
+        "unknown",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:11:5: services[0].routes[0].strip_pth: ",
+        "unknown",
+    );
+}
+
+#[test]
+fn dangling_references_point_at_the_referencing_value() {
+    let out = check_yaml(
+        r#"services:
+- name: a
+  url: https://127.0.0.1:9
+  ca_certificates: [missing-ca]
+  client_certificate: missing-client-cert
+routes:
+- name: r
+  paths: [/x]
+  service: nope
+tls:
+  default_certificate: missing-default
+"#,
+    );
+    assert_error(&out, "conf/gateway.yaml:9:12: routes[0].service: ", "nope");
+    assert_error(
+        &out,
+        "conf/gateway.yaml:4:21: services[0].ca_certificates[0]: ",
+        "missing-ca",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:5:23: services[0].client_certificate: ",
+        "missing-client-cert",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:11:24: tls.default_certificate: ",
+        "missing-default",
+    );
+}
+
+#[test]
+fn cert_key_mismatch_points_at_key() {
+    let pki = Pki::new();
+    let conf = ConfDir::new()
+        .with("certs/a.crt", &pki.server.cert_pem)
+        .with("certs/b.key", &pki.alice.key_pem)
+        .with(
+            "gateway.yaml",
+            "certificates:\n- name: c\n  cert_file: certs/a.crt\n  key_file: certs/b.key\n  snis: [a.example.com]\n",
+        );
+    let out = check(&conf);
+    assert_error(
+        &out,
+        "conf/gateway.yaml:4:13: certificates[0].key_file: ",
+        "match",
+    );
+
+    // Inline PEM: the error is on the `key` line.
+    let yaml = format!(
+        "certificates:\n- name: c\n  snis: [a.example.com]\n  cert: |\n{}  key: |\n{}",
+        indent(&pki.server.cert_pem, 4),
+        indent(&pki.bob.key_pem, 4)
+    );
+    let key_line = yaml
+        .lines()
+        .position(|l| l.starts_with("  key: |"))
+        .map(|i| i + 1)
+        .expect("key line");
+    let out = check_yaml(&yaml);
+    assert_error(
+        &out,
+        &format!("conf/gateway.yaml:{key_line}:"),
+        "certificates[0].key: ",
+    );
+}
+
+#[test]
+fn missing_and_invalid_pem_files() {
+    let conf = ConfDir::new()
+        .with("certs/garbage.crt", "not a certificate\n")
+        .with(
+            "gateway.yaml",
+            "certificates:\n- name: c\n  cert_file: certs/garbage.crt\n  key_file: certs/absent.key\n",
+        );
+    let out = check(&conf);
+    assert_error(
+        &out,
+        "conf/gateway.yaml:3:14: certificates[0].cert_file: ",
+        "",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:4:13: certificates[0].key_file: ",
+        "absent.key",
+    );
+}
+
+#[test]
+fn bad_regex_points_at_the_path_item() {
+    let out = check_yaml(
+        "services:\n- name: a\n  url: http://127.0.0.1:9\n  routes:\n  - name: r\n    paths:\n    - ~/items/([\n",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:7:7: services[0].routes[0].paths[0]: ",
+        "regex",
+    );
+}
+
+#[test]
+fn duplicate_names_and_ids() {
+    let out = check_yaml(
+        r#"services:
+- name: a
+  url: http://127.0.0.1:9
+  routes:
+  - name: r
+    paths: [/one]
+- name: a
+  url: http://127.0.0.1:9
+  routes:
+  - name: r
+    paths: [/two]
+"#,
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:7:9: services[1].name: ",
+        "duplicate",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:10:11: services[1].routes[0].name: ",
+        "duplicate",
+    );
+
+    let out = check_yaml(
+        r#"services:
+- id: 8c1a1b0e-3f2a-4b7e-9d55-0f6f1d2c3b4a
+  name: a
+  url: http://127.0.0.1:9
+- id: 8c1a1b0e-3f2a-4b7e-9d55-0f6f1d2c3b4a
+  name: b
+  url: http://127.0.0.1:9
+"#,
+    );
+    assert_error(&out, "conf/gateway.yaml:5:7: services[1].id: ", "duplicate");
+}
+
+#[test]
+fn errors_in_two_files_reported_together_with_per_file_indices() {
+    let conf = ConfDir::new()
+        .with(
+            "a.yaml",
+            "services:\n- name: shared\n  url: http://127.0.0.1:9\n  colour: red\n",
+        )
+        .with(
+            "b.yaml",
+            "services:\n- name: fine\n  url: http://127.0.0.1:9\n- name: shared\n  url: http://127.0.0.1:9\n  routes:\n  - name: r\n    paths: [\"~(\"]\n",
+        );
+    let out = check(&conf);
+    assert_error(&out, "conf/a.yaml:4:3: services[0].colour: ", "unknown");
+    // Indices are counted within b.yaml.
+    assert_error(&out, "conf/b.yaml:4:9: services[1].name: ", "duplicate");
+    assert_error(
+        &out,
+        "conf/b.yaml:8:13: services[1].routes[0].paths[0]: ",
+        "regex",
+    );
+}
+
+#[test]
+fn settings_section_in_two_files_is_an_error() {
+    let conf = ConfDir::new()
+        .with("a.yaml", "server:\n  threads: 1\n")
+        .with("b.yaml", "server:\n  threads: 2\n");
+    let out = check(&conf);
+    assert_error(&out, "conf/b.yaml:1:", "server");
+}
+
+#[test]
+fn format_version_checked_and_yaml_syntax_errors_located() {
+    let out = check_yaml("_format_version: \"1.1\"\nservices: []\n");
+    assert_error(&out, "conf/gateway.yaml:1:18: _format_version: ", "1.1");
+
+    let out = check_yaml("services:\n- name: a\n  url: [unclosed\n");
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all()
+            .lines()
+            .any(|l| l.starts_with("conf/gateway.yaml:")),
+        "a syntax error must be located:\n{}",
+        out.all()
+    );
+    assert!(!out.all().contains("panicked"));
+}
+
+#[test]
+fn unknown_plugin_and_bad_enum_values() {
+    let out = check_yaml(
+        "services:\n- name: a\n  url: http://127.0.0.1:9\n  protocol: htp\nplugins:\n- name: no-such-plugin\n",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:6:9: plugins[0].name: ",
+        "no-such-plugin",
+    );
+    // `url` and `protocol` together, or a bad protocol: either way line 4 is named.
+    assert!(
+        out.all()
+            .lines()
+            .any(|l| l.starts_with("conf/gateway.yaml:4:")),
+        "bad protocol not reported on line 4:\n{}",
+        out.all()
+    );
+}
+
+#[test]
+fn kong_fields_without_effect_warn_but_pass() {
+    let out = check_yaml(
+        "services:\n- name: a\n  url: http://127.0.0.1:9\n  routes:\n  - name: r\n    paths: [/]\n    path_handling: v0\n    request_buffering: true\n",
+    );
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.all()
+            .lines()
+            .any(|l| l.starts_with("conf/gateway.yaml:7:5: services[0].routes[0].path_handling")),
+        "no located warning for path_handling:\n{}",
+        out.all()
+    );
+}
+
+#[test]
+fn run_refuses_bad_config_with_the_same_messages() {
+    let gw = Gateway::builder()
+        .file(
+            "gateway.yaml",
+            "services:\n- name: a\n  url: http://127.0.0.1:9\n  retires: 3\n",
+        )
+        .try_start();
+    let err = match gw {
+        Ok(_) => panic!("gateway started on a bad config"),
+        Err(e) => e,
+    };
+    assert_eq!(err.exit_code, Some(1), "{err}");
+    assert!(
+        err.log
+            .contains("conf/gateway.yaml:4:3: services[0].retires: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn example_conf_passes_check() {
+    let out = check_dir(&repo_root().join("conf"));
+    assert_eq!(out.code, 0, "example conf/ fails check:\n{}", out.all());
+}
+
+/// A `kong.yml` as Kong's DB-less mode (format 3.0) takes it, with the settings in another file.
+fn kong_yml(pki: &Pki, echo_url: &str) -> String {
+    format!(
+        r#"_format_version: "3.0"
+_transform: true
+
+services:
+- id: 6b0c8b8a-0d3c-4f43-9f5e-2f0b4e7a2c11
+  name: echo-service
+  url: {echo_url}/base
+  connect_timeout: 60000
+  read_timeout: 60000
+  write_timeout: 60000
+  retries: 5
+  tags:
+  - demo
+  routes:
+  - id: 1b6a6d0e-7c4b-4e0a-8f3b-5d2a9c8e7f61
+    name: nested-route
+    paths:
+    - /nested
+    strip_path: true
+    preserve_host: false
+    protocols:
+    - http
+    - https
+    https_redirect_status_code: 426
+    regex_priority: 0
+  plugins:
+  - name: acl
+    config:
+      allow:
+      - admins
+    enabled: false
+
+routes:
+- id: 2c7b7e1f-8d5c-4f1b-9a4c-6e3b0d9f8a72
+  name: top-by-id
+  paths:
+  - /top-id
+  service:
+    id: 6b0c8b8a-0d3c-4f43-9f5e-2f0b4e7a2c11
+- id: 3d8c8f2a-9e6d-4a2c-8b5d-7f4c1e0a9b83
+  name: top-by-name
+  hosts:
+  - kong.example
+  paths:
+  - /top-name
+  service:
+    name: echo-service
+
+certificates:
+- id: 4e9d9a3b-af7e-4b3d-9c6e-8a5d2f1b0c94
+  cert: |
+{cert}  key: |
+{key}  snis:
+  - name: kong.example
+  tags:
+  - demo
+
+ca_certificates:
+- id: 5fae0b4c-b08f-4c4e-8d7f-9b6e3a2c1da5
+  cert: |
+{root}
+consumers:
+- id: 70b1c2d3-e4f5-4a6b-8c7d-9e0f1a2b3c4d
+  username: alice
+  custom_id: alice-1
+  acls:
+  - group: admins
+
+plugins:
+- name: acl
+  route: top-by-name
+  config:
+    allow:
+    - admins
+  enabled: false
+"#,
+        cert = indent(&pki.server.chain_pem, 4),
+        key = indent(&pki.server.key_pem, 4),
+        root = indent(&pki.root.cert_pem, 4),
+    )
+}
+
+#[test]
+fn kong_yml_loads_unchanged_and_serves() {
+    let pki = Pki::new();
+    let echo = HttpEcho::start("kong-echo");
+    let yml = kong_yml(&pki, &echo.url());
+
+    let conf = ConfDir::new().with("kong.yml", &yml);
+    let out = check(&conf);
+    assert_eq!(out.code, 0, "kong.yml refused:\n{}", out.all());
+
+    let gw = Gateway::builder().file("kong.yml", &yml).start();
+    let port = gw.http_port();
+    let j = Curl::at("http", "h.test", port, "/nested/x").run().json();
+    assert_eq!(j["server"], "kong-echo");
+    assert_eq!(j["path"], "/base/x");
+    let j = Curl::at("http", "h.test", port, "/top-id/y").run().json();
+    assert_eq!(j["path"], "/base/y");
+    let j = Curl::at("http", "kong.example", port, "/top-name")
+        .run()
+        .json();
+    assert_eq!(j["path"], "/base");
+    // The Kong certificate is served for its SNI.
+    let served = TlsProbe::new(gw.https_port())
+        .sni("kong.example")
+        .run()
+        .expect("TLS handshake");
+    assert_eq!(served.serial, pki.server.serial);
+    let r = Curl::at("https", "kong.example", gw.https_port(), "/nested/z")
+        .cacert(&pki.root.cert_path)
+        .run();
+    assert_eq!(r.status, 200, "{r:#?}");
+    assert_eq!(gw.status()["counts"]["routes"], 3);
+}
