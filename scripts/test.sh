@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (the README's and CI's): installs what is missing, then runs
 #   cargo fmt --check, clippy -D warnings, builds the gateway, `portcullis check` on the example
-#   conf/, and every test of the workspace (unit, integration, doc).
+#   conf/, and every test of the workspace (unit, integration, doc; --no-fail-fast, so one failing
+#   test binary does not hide the results of the others).
 #
 # Every step runs even when an earlier one failed (a clippy warning should not hide a failing test);
 # the exit status is non-zero if any step failed, and the failed steps are listed at the end.
@@ -52,7 +53,7 @@ if step "cargo build" cargo build "${locked[@]}" --bin portcullis; then
     step "portcullis check --conf conf" "$target_dir/debug/portcullis" check --conf conf
 fi
 step "cargo test" timeout --kill-after=30s "${PORTCULLIS_TEST_TIMEOUT:-45m}" \
-    cargo test --workspace "${locked[@]}" "$@"
+    cargo test --workspace --no-fail-fast "${locked[@]}" "$@"
 
 echo
 if [ "${#failed[@]}" -gt 0 ]; then
