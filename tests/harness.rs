@@ -314,3 +314,30 @@ fn conf_dir_and_ports() {
     assert!(yaml.contains(&format!("127.0.0.1:{}", p.stream)));
     assert_ne!(closed_port(), 0);
 }
+
+#[test]
+fn metrics_parser_reads_labels_in_any_order() {
+    let text = "# HELP x y\n# TYPE portcullis_upstream_tls_failures_total counter\n\
+portcullis_upstream_tls_failures_total{reason=\"certificate chain too long\",service=\"a\"} 2\n\
+portcullis_upstream_tls_failures_total{service=\"b\",reason=\"say \\\"hi\\\", {x}\"} 1\n\
+plain_metric 3.5\n";
+    let name = "portcullis_upstream_tls_failures_total";
+    assert_eq!(
+        common::metrics::value(
+            text,
+            name,
+            &[("service", "a"), ("reason", "certificate chain too long")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        common::metrics::value(text, name, &[("reason", "say \"hi\", {x}")]),
+        Some(1.0)
+    );
+    assert_eq!(common::metrics::value(text, name, &[]), Some(3.0));
+    assert_eq!(common::metrics::value(text, "plain_metric", &[]), Some(3.5));
+    assert_eq!(
+        common::metrics::value(text, name, &[("service", "c")]),
+        None
+    );
+}

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod metrics;
 pub mod pki;
 pub mod upstream;
 
