@@ -1,0 +1,344 @@
+//! The validated configuration: every reference resolved, every PEM parsed, immutable.
+//! A running gateway holds one `Arc<Config>` at a time and swaps it whole on reload.
+
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509;
+use portcullis_plugin_api as api;
+use regex::Regex;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ProxyListener {
+    pub address: String,
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamListener {
+    pub address: String,
+    pub client_hello_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub proxy: Vec<ProxyListener>,
+    pub stream: Vec<StreamListener>,
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    /// Seconds Pingora waits after SIGTERM before it starts shutting services down.
+    pub grace_period_seconds: u64,
+    /// Seconds in-flight requests get to finish during shutdown.
+    pub graceful_shutdown_seconds: u64,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+    /// Peers whose `X-Forwarded-*` headers are trusted (appended to instead of replaced).
+    pub trusted_proxies: Vec<IpNet>,
+    pub log_level: Option<String>,
+    pub log_json: Option<bool>,
+}
+
+/// An address range, for `trusted_proxies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let bits = u32::from(self.prefix.min(32));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let bits = u32::from(self.prefix.min(128));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A server or client certificate with its key (Kong Certificate).
+pub struct Certificate {
+    pub id: String,
+    pub name: Option<String>,
+    /// Leaf first, then the chain.
+    pub chain: Vec<X509>,
+    pub key: PKey<Private>,
+    pub snis: Vec<String>,
+    pub subject: String,
+    pub not_after: i64,
+    /// SHA-256 of the leaf, hex: identifies the certificate in pool keys and logs.
+    pub fingerprint: String,
+}
+
+impl Certificate {
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+impl std::fmt::Debug for Certificate {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("subject", &self.subject)
+            .field("snis", &self.snis)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+pub struct CaCertificate {
+    pub id: String,
+    pub name: Option<String>,
+    pub certs: Vec<X509>,
+    pub pem: String,
+    pub fingerprint: String,
+    pub subject: String,
+    pub not_after: i64,
+}
+
+impl CaCertificate {
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Https,
+    Grpc,
+    Grpcs,
+    Tcp,
+    Tls,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Protocol> {
+        Some(match s {
+            "http" => Protocol::Http,
+            "https" => Protocol::Https,
+            "grpc" => Protocol::Grpc,
+            "grpcs" => Protocol::Grpcs,
+            "tcp" => Protocol::Tcp,
+            "tls" => Protocol::Tls,
+            _ => return None,
+        })
+    }
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Grpcs | Protocol::Tls)
+    }
+    pub fn default_port(self) -> u16 {
+        if self.is_tls() {
+            443
+        } else {
+            80
+        }
+    }
+}
+
+/// Everything that decides whether an upstream TLS connection may be trusted and reused.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub verify: bool,
+    pub verify_depth: Option<u8>,
+    pub ca_certificates: Vec<Arc<CaCertificate>>,
+    pub client_certificate: Option<Arc<Certificate>>,
+    /// SNI sent and name verified.
+    pub server_name: String,
+    /// Hash of the whole profile: connections are pooled per profile, never across.
+    pub group_key: u64,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub id: String,
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub host: String,
+    pub port: u16,
+    pub path: Option<String>,
+    pub retries: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub tls: Arc<UpstreamTls>,
+    /// When `host` names an upstream, its index in `Config::upstreams`.
+    pub upstream: Option<usize>,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Protocols {
+    pub http: bool,
+    pub https: bool,
+    pub grpc: bool,
+    pub grpcs: bool,
+    pub tls_passthrough: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathSpec {
+    Prefix(String),
+    Regex { source: String, re: Regex },
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub id: String,
+    pub name: Arc<str>,
+    pub service: Arc<Service>,
+    pub protocols: Protocols,
+    pub hosts: Vec<String>,
+    pub paths: Vec<PathSpec>,
+    pub methods: Vec<String>,
+    /// Lower-cased header name → accepted values (`~*` prefix: regex).
+    pub headers: Vec<(String, Vec<String>)>,
+    pub snis: Vec<String>,
+    pub strip_path: bool,
+    pub preserve_host: bool,
+    pub regex_priority: i64,
+    pub https_redirect_status_code: u16,
+    /// Position in the configuration, the router's last tie-breaker (Kong: created_at).
+    pub order: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastConnections,
+    ConsistentHashing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    None,
+    Ip,
+    Header(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveCheck {
+    pub kind: CheckKind,
+    pub http_path: String,
+    pub timeout: Duration,
+    pub https_verify_certificate: bool,
+    pub https_sni: Option<String>,
+    /// 0 disables probing of healthy targets (Kong's default).
+    pub healthy_interval: Duration,
+    pub healthy_successes: u32,
+    pub healthy_http_statuses: Vec<u16>,
+    pub unhealthy_interval: Duration,
+    pub unhealthy_http_failures: u32,
+    pub unhealthy_tcp_failures: u32,
+    pub unhealthy_timeouts: u32,
+    pub unhealthy_http_statuses: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    Http,
+    Https,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveCheck {
+    pub healthy_successes: u32,
+    pub healthy_http_statuses: Vec<u16>,
+    pub unhealthy_http_failures: u32,
+    pub unhealthy_tcp_failures: u32,
+    pub unhealthy_timeouts: u32,
+    pub unhealthy_http_statuses: Vec<u16>,
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub id: String,
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub hash_on: HashOn,
+    pub host_header: Option<String>,
+    pub targets: Vec<Target>,
+    pub active: Option<ActiveCheck>,
+    pub passive: Option<PassiveCheck>,
+}
+
+/// Where a plugin instance applies (Kong scoping).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub service: Option<String>,
+    pub route: Option<String>,
+    pub consumer: Option<String>,
+}
+
+pub struct PluginInstance {
+    pub name: String,
+    pub scope: Scope,
+    pub plugin: Arc<dyn api::Plugin>,
+    /// The instance's config as JSON, for gateway-implemented plugins (prometheus).
+    pub config: serde_json::Value,
+}
+
+impl std::fmt::Debug for PluginInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginInstance")
+            .field("name", &self.name)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub listeners: Listeners,
+    pub server: ServerSettings,
+    pub certificates: Vec<Arc<Certificate>>,
+    pub default_certificate: Option<Arc<Certificate>>,
+    pub ca_certificates: Vec<Arc<CaCertificate>>,
+    pub services: Vec<Arc<Service>>,
+    /// HTTP routes (everything but `tls_passthrough`).
+    pub routes: Vec<Arc<Route>>,
+    pub stream_routes: Vec<Arc<Route>>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub consumers: Vec<Arc<api::Consumer>>,
+    pub credentials: Vec<api::MtlsCredential>,
+    pub plugins: Vec<PluginInstance>,
+    /// Every file the configuration was read from or references, for the reload watcher.
+    pub files: Vec<PathBuf>,
+    /// SHA-256 over every file's content: the configuration's version.
+    pub hash: String,
+}

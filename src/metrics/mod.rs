@@ -1,0 +1,135 @@
+//! Every metric the gateway exports, defined in one place so names and label sets stay consistent.
+//!
+//! All metrics live in the `prometheus` crate's default registry, which the status listener serves
+//! at `GET /metrics`. Hot paths resolve label handles once (per route, when a configuration is
+//! compiled) instead of formatting labels per request.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
+
+/// Latency buckets in seconds: sub-millisecond resolution at the low end for a loopback proxy,
+/// up to a minute for slow upstreams.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+macro_rules! metric {
+    ($name:ident, $ty:ty, $reg:ident, $metric:expr, $help:expr, $labels:expr) => {
+        pub static $name: Lazy<$ty> = Lazy::new(|| {
+            $reg!($metric, $help, $labels).expect(concat!("metric ", $metric, " registers once"))
+        });
+    };
+}
+
+metric!(
+    HTTP_REQUESTS,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_http_requests_total",
+    "HTTP requests by service, route and status code",
+    &["service", "route", "code"]
+);
+metric!(
+    HTTP_REQUESTS_BY_CONSUMER,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_http_consumer_requests_total",
+    "HTTP requests by service, route, status code and consumer (prometheus plugin per_consumer)",
+    &["service", "route", "code", "consumer"]
+);
+metric!(
+    BANDWIDTH,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_bandwidth_bytes_total",
+    "Bytes proxied by service, route and direction (ingress/egress)",
+    &["service", "route", "direction"]
+);
+metric!(
+    UPSTREAM_TLS_FAILURES,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_upstream_tls_failures_total",
+    "Failed upstream TLS handshakes by service and OpenSSL reason",
+    &["service", "reason"]
+);
+metric!(
+    AUTH_FAILURES,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_auth_failures_total",
+    "Rejected authentications by route, plugin and reason",
+    &["route", "plugin", "reason"]
+);
+metric!(
+    STREAM_CONNECTIONS,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_stream_connections_total",
+    "Passthrough connections by route and result",
+    &["route", "result"]
+);
+metric!(
+    STREAM_ACTIVE,
+    IntGaugeVec,
+    register_int_gauge_vec,
+    "portcullis_stream_active_connections",
+    "Open passthrough connections by route",
+    &["route"]
+);
+metric!(
+    STREAM_BYTES,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_stream_bytes_total",
+    "Passthrough bytes by route and direction (upstream/downstream)",
+    &["route", "direction"]
+);
+metric!(
+    CERT_EXPIRY,
+    IntGaugeVec,
+    register_int_gauge_vec,
+    "portcullis_certificate_expiry_timestamp_seconds",
+    "notAfter of every loaded certificate as a Unix timestamp",
+    &["kind", "name", "subject"]
+);
+metric!(
+    TARGET_HEALTH,
+    IntGaugeVec,
+    register_int_gauge_vec,
+    "portcullis_upstream_target_health",
+    "1 for the current health state of each upstream target",
+    &["upstream", "target", "state"]
+);
+metric!(
+    CONFIG_RELOADS,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_config_reloads_total",
+    "Configuration reload attempts by result",
+    &["result"]
+);
+
+pub static HTTP_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "portcullis_http_request_duration_seconds",
+        "Time from request received to response finished, by service and route",
+        &["service", "route"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register_histogram_vec!(
+        "portcullis_upstream_duration_seconds",
+        "Time from upstream request sent to upstream response headers, by service and route",
+        &["service", "route"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});

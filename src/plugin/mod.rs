@@ -1,0 +1,106 @@
+//! The plugin registry (every plugin the gateway knows, by name) and the per-route plugin chains
+//! compiled from scoped instances with Kong's precedence.
+
+pub mod prometheus;
+
+use crate::config::model::{Config, PluginInstance, Route};
+use portcullis_plugin_api::{ClientCertRequest, Plugin, PluginFactory};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Every plugin the gateway can configure. To add your own plugin, add one line here (see the
+/// README, "Write a plugin").
+pub fn registry() -> Vec<Box<dyn PluginFactory>> {
+    vec![
+        Box::new(prometheus::Factory),
+        // PLUGIN-CRATES Box::new(portcullis_mtls_auth::Factory),
+        // PLUGIN-CRATES Box::new(portcullis_acl::Factory),
+        // PLUGIN-CRATES Box::new(portcullis_request_termination::Factory),
+    ]
+}
+
+/// The plugins that apply to one route, sorted by priority (higher first).
+#[derive(Default)]
+pub struct RoutePlugins {
+    /// The chain when no consumer is known (global, service and route instances).
+    pub base: Vec<Arc<dyn Plugin>>,
+    /// The chain once a consumer is identified, for consumers that have scoped instances.
+    pub by_consumer: HashMap<String, Vec<Arc<dyn Plugin>>>,
+    /// Set when some plugin of this route needs the TLS listener to request a client certificate.
+    pub client_cert: Option<ClientCertRequest>,
+}
+
+impl RoutePlugins {
+    /// The chain for `consumer`, or the base chain when that consumer has no scoped instance.
+    pub fn for_consumer(&self, consumer: &str) -> &[Arc<dyn Plugin>] {
+        self.by_consumer
+            .get(consumer)
+            .map(Vec::as_slice)
+            .unwrap_or(&self.base)
+    }
+}
+
+/// Specificity of an instance for (route, service, consumer); None when it does not apply.
+/// Kong: route+consumer > service+consumer > consumer > route > service > global.
+fn rank(p: &PluginInstance, route: &Route, consumer: Option<&str>) -> Option<u8> {
+    let s = &p.scope;
+    if let Some(r) = &s.route {
+        if r != &route.id {
+            return None;
+        }
+    }
+    if let Some(svc) = &s.service {
+        if svc != &route.service.id {
+            return None;
+        }
+    }
+    if let Some(c) = &s.consumer {
+        if Some(c.as_str()) != consumer {
+            return None;
+        }
+    }
+    Some(
+        match (s.route.is_some(), s.service.is_some(), s.consumer.is_some()) {
+            (true, _, true) => 6,
+            (false, true, true) => 5,
+            (false, false, true) => 4,
+            (true, _, false) => 3,
+            (false, true, false) => 2,
+            (false, false, false) => 1,
+        },
+    )
+}
+
+fn chain(config: &Config, route: &Route, consumer: Option<&str>) -> Vec<Arc<dyn Plugin>> {
+    let mut best: HashMap<&str, (u8, &PluginInstance)> = HashMap::new();
+    for p in &config.plugins {
+        if let Some(r) = rank(p, route, consumer) {
+            let e = best.entry(p.name.as_str()).or_insert((r, p));
+            if r > e.0 {
+                *e = (r, p);
+            }
+        }
+    }
+    let mut v: Vec<Arc<dyn Plugin>> = best.into_values().map(|(_, p)| p.plugin.clone()).collect();
+    // Stable order for equal priorities: by name, so behaviour never depends on hash order.
+    v.sort_by(|a, b| b.priority().cmp(&a.priority()).then(a.name().cmp(b.name())));
+    v
+}
+
+pub fn compile(config: &Config, route: &Route) -> RoutePlugins {
+    let base = chain(config, route, None);
+    let mut by_consumer = HashMap::new();
+    for p in &config.plugins {
+        if let Some(c) = &p.scope.consumer {
+            if !by_consumer.contains_key(c) {
+                by_consumer.insert(c.clone(), chain(config, route, Some(c)));
+            }
+        }
+    }
+    let client_cert = base.iter().find_map(|p| p.client_cert_request());
+    RoutePlugins {
+        base,
+        by_consumer,
+        client_cert,
+    }
+}

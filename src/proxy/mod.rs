@@ -1,0 +1,705 @@
+//! The HTTP proxy: one `GatewayProxy` (Pingora `ProxyHttp`) per listener. The route is matched
+//! first and kept in the per-request context; every later hook reads from it.
+
+pub mod respond;
+
+use crate::config::model::Protocol;
+use crate::metrics;
+use crate::routing::{upstream_path, RequestInfo};
+use crate::runtime::{RouteRt, Runtime, Shared};
+use crate::tls::upstream::{handshake_hook, UpstreamVerdict};
+use crate::tls::ConnInfo;
+use crate::upstream::Outcome;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::{HttpPeer, ALPN};
+use pingora::{Error, ErrorSource, ErrorType};
+use portcullis_plugin_api::{is_identity_header, Flow, Plugin, RequestCtx, RequestView};
+use respond::{ErrorKind, ResponseSpec};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Pingora error types of our own, mapped to Kong's responses in `respond`.
+pub const NO_HEALTHY_TARGET: ErrorType = ErrorType::Custom("NoHealthyTarget");
+pub const UPSTREAM_TLS_REJECTED: ErrorType = ErrorType::Custom("UpstreamTlsRejected");
+
+pub struct GatewayProxy {
+    pub shared: Shared,
+    /// Whether this listener terminates TLS (decides http vs https for routing).
+    pub tls: bool,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    pub rt: Option<Arc<Runtime>>,
+    pub route: Option<Arc<RouteRt>>,
+    matched_len: usize,
+    pub plugin: RequestCtx,
+    pub start: Instant,
+    upstream_start: Option<Instant>,
+    upstream_ttfb: Option<f64>,
+    pub upstream_addr: Option<SocketAddr>,
+    /// Targets of the balancer tried for this request.
+    tried: Vec<usize>,
+    current_target: Option<usize>,
+    tries: usize,
+    pub tls_failure: Option<String>,
+    pub tls_version: Option<&'static str>,
+    /// Set when the gateway answered itself (404, 426, plugin responses).
+    pub responded: Option<u16>,
+    original_host: Option<String>,
+    /// Plugins that ran in the access phase, for the later phases.
+    chain: Vec<Arc<dyn Plugin>>,
+}
+
+impl Ctx {
+    pub fn request_id(&self) -> &str {
+        &self.plugin.request_id
+    }
+}
+
+fn conn_info(session: &Session) -> Option<&ConnInfo> {
+    session
+        .digest()
+        .and_then(|d: &Digest| d.ssl_digest.as_ref())
+        .and_then(|s| s.extension.get::<ConnInfo>())
+}
+
+fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic())
+}
+
+impl GatewayProxy {
+    async fn run_access(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        route: &RouteRt,
+    ) -> Option<ResponseSpec> {
+        let chain_base = &route.plugins.base;
+        if chain_base.is_empty() && route.plugins.by_consumer.is_empty() {
+            return None;
+        }
+        let req = session.req_header();
+        let view = RequestView {
+            method: &req.method,
+            uri: &req.uri,
+            headers: &req.headers,
+        };
+        let mut chain: Vec<Arc<dyn Plugin>> = chain_base.clone();
+        let mut i = 0;
+        while i < chain.len() {
+            let p = chain[i].clone();
+            let had_consumer = ctx.plugin.consumer.is_some();
+            let flow = p.access(&view, &mut ctx.plugin).await;
+            ctx.chain.push(p.clone());
+            if let Flow::Respond(r) = flow {
+                return Some(ResponseSpec::Plugin(r));
+            }
+            if !had_consumer {
+                if let Some(c) = &ctx.plugin.consumer {
+                    // A consumer was identified: Kong re-evaluates the remaining plugins with
+                    // consumer-scoped instances taking precedence.
+                    if route.plugins.by_consumer.contains_key(&c.id) {
+                        let prio = p.priority();
+                        let ran: Vec<&'static str> = ctx.chain.iter().map(|p| p.name()).collect();
+                        chain = route
+                            .plugins
+                            .for_consumer(&c.id)
+                            .iter()
+                            .filter(|q| q.priority() <= prio && !ran.contains(&q.name()))
+                            .cloned()
+                            .collect();
+                        i = 0;
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            rt: None,
+            route: None,
+            matched_len: 0,
+            plugin: RequestCtx::default(),
+            start: Instant::now(),
+            upstream_start: None,
+            upstream_ttfb: None,
+            upstream_addr: None,
+            tried: Vec::new(),
+            current_target: None,
+            tries: 0,
+            tls_failure: None,
+            tls_version: None,
+            responded: None,
+            original_host: None,
+            chain: Vec::new(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let rt = self.shared.load_full();
+        ctx.rt = Some(rt.clone());
+
+        // X-Request-Id: the client's when it looks sane, else ours.
+        let rid = session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .map(|v| v.as_bytes())
+            .filter(|v| valid_request_id(v))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned);
+        ctx.plugin.request_id = rid.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+
+        // Identity headers are the gateway's: drop what the client sent before any plugin runs.
+        let spoofed: Vec<http::HeaderName> = session
+            .req_header()
+            .headers
+            .keys()
+            .filter(|n| is_identity_header(n.as_str()))
+            .cloned()
+            .collect();
+        for n in spoofed {
+            session.req_header_mut().remove_header(&n);
+        }
+
+        let (sni, client_cert) = match conn_info(session) {
+            Some(ci) => (ci.sni.clone(), ci.client_certificate.clone()),
+            None => (None, None),
+        };
+        ctx.tls_version = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|s| match s.version.as_ref() {
+                "TLSv1.3" => "TLSv1.3",
+                "TLSv1.2" => "TLSv1.2",
+                _ => "TLS",
+            });
+        ctx.plugin.tls = self.tls;
+        ctx.plugin.sni = sni;
+        ctx.plugin.client_certificate = client_cert;
+        ctx.plugin.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+
+        // Routing borrows the request; keep it in a block so nothing borrowed lives across an
+        // await point.
+        let matched = {
+            let req = session.req_header();
+            let host = req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                .unwrap_or("");
+            ctx.original_host = Some(host.to_string());
+            let headers = &req.headers;
+            let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let info = RequestInfo {
+                host,
+                path: req.uri.path(),
+                method: req.method.as_str(),
+                tls: self.tls,
+                sni: ctx.plugin.sni.as_deref(),
+                header: &lookup,
+            };
+            rt.router.route(&info)
+        };
+        let Some(m) = matched else {
+            respond::send(session, ctx, ResponseSpec::Error(ErrorKind::NoRoute)).await?;
+            return Ok(true);
+        };
+        let Some(route_rt) = rt.route_rt(&m.route).cloned() else {
+            respond::send(session, ctx, ResponseSpec::Error(ErrorKind::NoRoute)).await?;
+            return Ok(true);
+        };
+        ctx.matched_len = m.matched_len;
+        ctx.plugin.route = Some(route_rt.route.name.clone());
+        ctx.plugin.service = Some(route_rt.route.service.name.clone());
+        ctx.route = Some(route_rt.clone());
+
+        let p = route_rt.route.protocols;
+        if !self.tls && !p.http && !p.grpc && (p.https || p.grpcs) {
+            let code = route_rt.route.https_redirect_status_code;
+            let spec = if code == 426 {
+                ResponseSpec::Error(ErrorKind::UseHttps)
+            } else {
+                let path = session
+                    .req_header()
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let host = ctx.original_host.clone().unwrap_or_default();
+                let host = host.split(':').next().unwrap_or("");
+                ResponseSpec::Redirect(code, format!("https://{host}{path}"))
+            };
+            respond::send(session, ctx, spec).await?;
+            return Ok(true);
+        }
+
+        if let Some(resp) = self.run_access(session, ctx, &route_rt).await {
+            respond::send(session, ctx, resp).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
+        let svc = &route.service;
+        let s = &svc.service;
+        ctx.tries += 1;
+        let addr = if let Some(b) = &svc.balancer {
+            let client_ip = ctx.plugin.client_ip.map(|ip| match ip {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            });
+            let headers = &session.req_header().headers;
+            let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes());
+            let key = b.hash_key(client_ip.as_deref(), &lookup);
+            match b.select(key, &ctx.tried) {
+                Some((idx, addr)) => {
+                    ctx.tried.push(idx);
+                    ctx.current_target = Some(idx);
+                    b.targets[idx]
+                        .active_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    addr
+                }
+                None => {
+                    return Err(Error::explain(
+                        NO_HEALTHY_TARGET,
+                        format!("upstream {}: no healthy target", b.upstream.name),
+                    ))
+                }
+            }
+        } else if let Some(a) = svc.addr {
+            a
+        } else {
+            match tokio::net::lookup_host((s.host.as_str(), s.port)).await {
+                Ok(mut it) => it.next().ok_or_else(|| {
+                    Error::explain(
+                        ErrorType::ConnectNoRoute,
+                        format!("{} resolved to nothing", s.host),
+                    )
+                })?,
+                Err(e) => {
+                    return Err(Error::explain(
+                        ErrorType::ConnectNoRoute,
+                        format!("resolving {}: {e}", s.host),
+                    ))
+                }
+            }
+        };
+        ctx.upstream_addr = Some(addr);
+        let tls = s.protocol.is_tls();
+        let sni = svc
+            .tls
+            .as_ref()
+            .map(|t| t.server_name.clone())
+            .unwrap_or_default();
+        let mut peer = HttpPeer::new(addr, tls, sni);
+        let o = &mut peer.options;
+        o.connection_timeout = Some(s.connect_timeout);
+        o.read_timeout = Some(s.read_timeout);
+        o.write_timeout = Some(s.write_timeout);
+        o.idle_timeout = Some(std::time::Duration::from_secs(60));
+        if matches!(s.protocol, Protocol::Grpc | Protocol::Grpcs) {
+            // gRPC needs HTTP/2 upstream; many streams share one connection.
+            o.set_http_version(2, 2);
+            o.max_h2_streams = 128;
+        }
+        if let Some(p) = &svc.tls {
+            // Verification happens in the handshake hook (see tls::upstream): Pingora itself
+            // must not verify, or a failing chain would lose OpenSSL's reason.
+            o.verify_cert = false;
+            o.verify_hostname = false;
+            if p.verify {
+                o.upstream_tls_handshake_complete_hook = Some(handshake_hook(p.store.clone()));
+            }
+            peer.client_cert_key = p.client_cert.clone();
+            peer.group_key = p.group_key;
+            if !matches!(s.protocol, Protocol::Grpcs) {
+                peer.options.alpn = ALPN::H1;
+            }
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_start = Some(Instant::now());
+        let verdict = digest
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<UpstreamVerdict>());
+        if let Some(v) = verdict {
+            if let Some(reason) = &v.failure {
+                ctx.tls_failure = Some(reason.clone());
+                // Refused before a single request byte is written.
+                return Err(Error::explain(UPSTREAM_TLS_REJECTED, reason.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(route), Some(idx)) = (&ctx.route, ctx.current_target) {
+            if let Some(b) = &route.service.balancer {
+                b.targets[idx]
+                    .active_connections
+                    .fetch_sub(1, Ordering::Relaxed);
+                let outcome = if matches!(e.etype(), ErrorType::ConnectTimedout) {
+                    Outcome::Timeout
+                } else {
+                    Outcome::TcpFailure
+                };
+                b.report_passive(idx, outcome);
+            }
+        }
+        ctx.current_target = None;
+        let retries = ctx
+            .route
+            .as_ref()
+            .map(|r| r.service.service.retries)
+            .unwrap_or(0);
+        let tls_problem = matches!(
+            e.etype(),
+            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert
+        );
+        if tls_problem {
+            ctx.tls_failure = Some(respond::tls_reason(&e));
+        }
+        // Connection failures are safe to retry: nothing reached the upstream.
+        if ctx.tries <= retries && !tls_problem {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        let r = &route.route;
+        let s = &route.service.service;
+
+        // Path: strip the matched part, join with the service path, keep the query.
+        let strip = if r.strip_path { ctx.matched_len } else { 0 };
+        let uri = &session.req_header().uri;
+        let path = upstream_path(s.path.as_deref(), uri.path(), strip);
+        let new_uri = match uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        if new_uri
+            != upstream_request
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("")
+        {
+            let parsed = new_uri.parse::<http::Uri>().map_err(|e| {
+                Error::explain(
+                    ErrorType::InternalError,
+                    format!("rewritten path is invalid: {e}"),
+                )
+            })?;
+            upstream_request.set_uri(parsed);
+        }
+
+        // Host: the client's with preserve_host, else the upstream's.
+        let original_host = ctx.original_host.clone().unwrap_or_default();
+        if !r.preserve_host {
+            let host = match &route.service.balancer {
+                Some(b) => match (&b.upstream.host_header, ctx.current_target) {
+                    (Some(h), _) => h.clone(),
+                    (None, Some(i)) => {
+                        let t = &b.targets[i];
+                        host_with_port(&t.host, t.port, s.protocol)
+                    }
+                    (None, None) => s.host.clone(),
+                },
+                None => host_with_port(&s.host, s.port, s.protocol),
+            };
+            upstream_request.insert_header(http::header::HOST, host)?;
+        }
+
+        // X-Forwarded-*: replaced unless the peer is a trusted proxy.
+        let client_ip = ctx.plugin.client_ip;
+        let trusted = client_ip
+            .map(|ip| {
+                ctx.rt
+                    .as_ref()
+                    .map(|rt| {
+                        rt.config
+                            .server
+                            .trusted_proxies
+                            .iter()
+                            .any(|n| n.contains(ip))
+                    })
+                    .unwrap_or(false)
+            })
+            .unwrap_or(false);
+        let ip = client_ip.map(|i| i.to_string()).unwrap_or_default();
+        let xff = match (trusted, upstream_request.headers.get("x-forwarded-for")) {
+            (true, Some(prev)) => format!("{}, {ip}", prev.to_str().unwrap_or("")),
+            _ => ip.clone(),
+        };
+        upstream_request.insert_header("x-forwarded-for", xff)?;
+        upstream_request.insert_header("x-real-ip", ip)?;
+        if !(trusted && upstream_request.headers.contains_key("x-forwarded-proto")) {
+            upstream_request
+                .insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
+        }
+        if !(trusted && upstream_request.headers.contains_key("x-forwarded-host")) {
+            let h = original_host
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .filter(|h| !h.ends_with(']') || true);
+            let h = match h {
+                Some(h) if !original_host.ends_with(']') => h.to_string(),
+                _ => original_host.clone(),
+            };
+            upstream_request.insert_header("x-forwarded-host", h)?;
+        }
+        if !(trusted && upstream_request.headers.contains_key("x-forwarded-port")) {
+            let port = session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port().to_string())
+                .unwrap_or_default();
+            upstream_request.insert_header("x-forwarded-port", port)?;
+        }
+        upstream_request.remove_header("x-forwarded-prefix");
+        upstream_request.insert_header("x-request-id", ctx.plugin.request_id.as_str())?;
+
+        for p in &ctx.chain {
+            p.upstream_request(&mut ctx.plugin);
+        }
+        for n in std::mem::take(&mut ctx.plugin.upstream_headers_remove) {
+            upstream_request.remove_header(&n);
+        }
+        for (n, v) in std::mem::take(&mut ctx.plugin.upstream_headers) {
+            upstream_request.insert_header(n, v)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(t) = ctx.upstream_start {
+            ctx.upstream_ttfb = Some(t.elapsed().as_secs_f64());
+        }
+        if let (Some(route), Some(idx)) = (&ctx.route, ctx.current_target) {
+            if let Some(b) = &route.service.balancer {
+                b.report_passive(idx, Outcome::Status(upstream_response.status.as_u16()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream_response.insert_header("x-request-id", ctx.plugin.request_id.as_str())?;
+        let status = upstream_response.status.as_u16();
+        for p in &ctx.chain {
+            p.response_headers(status, &mut ctx.plugin);
+        }
+        for (n, v) in std::mem::take(&mut ctx.plugin.response_headers) {
+            upstream_response.insert_header(n, v)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let kind = respond::classify(e, ctx);
+        if let (Some(reason), Some(route)) = (&ctx.tls_failure, &ctx.route) {
+            metrics::UPSTREAM_TLS_FAILURES
+                .with_label_values(&[&*route.route.service.name, reason])
+                .inc();
+        }
+        if let (Some(route), Some(idx)) = (&ctx.route, ctx.current_target.take()) {
+            if let Some(b) = &route.service.balancer {
+                b.targets[idx]
+                    .active_connections
+                    .fetch_sub(1, Ordering::Relaxed);
+                if matches!(
+                    e.etype(),
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                ) {
+                    b.report_passive(idx, Outcome::Timeout);
+                }
+            }
+        }
+        let code = match kind {
+            Some(k) => {
+                if ctx.tls_failure.is_some() || matches!(e.esource(), ErrorSource::Upstream) {
+                    tracing::warn!(
+                        request_id = %ctx.plugin.request_id,
+                        route = ctx.route.as_ref().map(|r| &*r.route.name).unwrap_or("-"),
+                        upstream = ?ctx.upstream_addr,
+                        tls_reason = ctx.tls_failure.as_deref().unwrap_or(""),
+                        error = %e,
+                        "upstream request failed"
+                    );
+                }
+                let status = k.status();
+                match respond::send(session, ctx, ResponseSpec::Error(k)).await {
+                    Ok(()) => status,
+                    Err(_) => 0,
+                }
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let (Some(route), Some(idx)) = (&ctx.route, ctx.current_target.take()) {
+            if let Some(b) = &route.service.balancer {
+                b.targets[idx]
+                    .active_connections
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.responded)
+            .unwrap_or(0);
+        let elapsed = ctx.start.elapsed().as_secs_f64();
+        for p in &ctx.chain {
+            p.log(status, &ctx.plugin);
+        }
+        if let Some((plugin, reason)) = ctx.plugin.auth_failure {
+            let route = ctx.plugin.route.as_deref().unwrap_or("");
+            metrics::AUTH_FAILURES
+                .with_label_values(&[route, plugin, reason])
+                .inc();
+        }
+        match &ctx.route {
+            Some(route) => {
+                let m = &route.metrics;
+                if route.flags.status_code {
+                    m.request(status);
+                }
+                if route.flags.per_consumer {
+                    let consumer = ctx
+                        .plugin
+                        .consumer
+                        .as_ref()
+                        .map(|c| c.username.clone().unwrap_or_else(|| c.id.clone()))
+                        .unwrap_or_default();
+                    metrics::HTTP_REQUESTS_BY_CONSUMER
+                        .with_label_values(&[
+                            &*route.route.service.name,
+                            &*route.route.name,
+                            &status.to_string(),
+                            &consumer,
+                        ])
+                        .inc();
+                }
+                if route.flags.latency {
+                    m.duration().observe(elapsed);
+                    if let Some(t) = ctx.upstream_ttfb {
+                        m.upstream_duration().observe(t);
+                    }
+                }
+                if route.flags.bandwidth {
+                    m.ingress().inc_by(session.body_bytes_read() as u64);
+                    m.egress().inc_by(session.body_bytes_sent() as u64);
+                }
+            }
+            None => {
+                metrics::HTTP_REQUESTS
+                    .with_label_values(&["", "", &status.to_string()])
+                    .inc();
+            }
+        }
+        let req = session.req_header();
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.plugin.request_id,
+            client = ?ctx.plugin.client_ip,
+            method = %req.method,
+            path = %req.uri.path(),
+            host = ctx.original_host.as_deref().unwrap_or(""),
+            route = ctx.route.as_ref().map(|r| &*r.route.name).unwrap_or("-"),
+            service = ctx.route.as_ref().map(|r| &*r.route.service.name).unwrap_or("-"),
+            consumer = ctx.plugin.consumer.as_ref().map(|c| c.id.as_str()).unwrap_or("-"),
+            status,
+            latency_ms = (elapsed * 1000.0) as u64,
+            upstream_latency_ms = ctx.upstream_ttfb.map(|t| (t * 1000.0) as u64).unwrap_or(0),
+            upstream = ?ctx.upstream_addr,
+            tls = ctx.tls_version.unwrap_or("-"),
+            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+            "request"
+        );
+    }
+}
+
+fn host_with_port(host: &str, port: u16, protocol: Protocol) -> String {
+    if port == protocol.default_port() {
+        host.to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Used by `respond` to build bodies without allocation-heavy JSON machinery.
+pub fn json_body(message: &str, request_id: &str) -> Bytes {
+    let v = serde_json::json!({ "message": message, "request_id": request_id });
+    Bytes::from(v.to_string())
+}

@@ -1,0 +1,397 @@
+//! The HTTP router: compiled once per configuration into an immutable table shared by `Arc`.
+//!
+//! Each (route, path) pair is an entry; entries are sorted once by Kong's priority rules, and
+//! requests only visit the entries whose host could match (exact host map, wildcard suffix and
+//! prefix maps, host-less entries), merged in priority order without allocating.
+
+use crate::config::model::{PathSpec, Route};
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What the router needs to know about a request. All borrowed: matching allocates nothing.
+pub struct RequestInfo<'a> {
+    /// Host header (or :authority), possibly with a port.
+    pub host: &'a str,
+    pub path: &'a str,
+    pub method: &'a str,
+    pub tls: bool,
+    pub sni: Option<&'a str>,
+    /// Looks up a request header value by lower-case name.
+    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+}
+
+#[derive(Debug)]
+enum PathMatch {
+    Any,
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+enum HeaderValue {
+    Exact(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+struct Entry {
+    route: Arc<Route>,
+    path: PathMatch,
+    headers: Vec<(String, Vec<HeaderValue>)>,
+    /// Lower-case SNIs (`*.x`, `x.*`) this route is limited to on TLS connections.
+    snis: Vec<String>,
+    methods: Vec<String>,
+    /// The route limits hosts; host filtering already happened through the indexes.
+    has_hosts: bool,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, Clone)]
+pub struct Match {
+    pub route: Arc<Route>,
+    /// Bytes at the start of the path matched by the route's path (what `strip_path` removes).
+    pub matched_len: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    entries: Vec<Entry>,
+    /// Exact host (without port unless the route gave one) → entry indices, ascending.
+    exact_hosts: HashMap<String, Vec<u32>>,
+    /// `*.example.com` stored as `example.com`.
+    suffix_hosts: HashMap<String, Vec<u32>>,
+    /// `example.*` stored as `example`.
+    prefix_hosts: HashMap<String, Vec<u32>>,
+    hostless: Vec<u32>,
+}
+
+fn categories(r: &Route) -> u32 {
+    u32::from(!r.hosts.is_empty())
+        + u32::from(!r.paths.is_empty())
+        + u32::from(!r.methods.is_empty())
+        + u32::from(!r.headers.is_empty())
+        + u32::from(!r.snis.is_empty())
+}
+
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        name.len() > suffix.len() + 1
+            && name.ends_with(suffix)
+            && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+    } else if let Some(prefix) = pattern.strip_suffix(".*") {
+        name.len() > prefix.len() + 1
+            && name.starts_with(prefix)
+            && name.as_bytes()[prefix.len()] == b'.'
+    } else {
+        pattern == name
+    }
+}
+
+impl Router {
+    pub fn new(routes: &[Arc<Route>]) -> Router {
+        struct Keyed {
+            entry: Entry,
+            key: (u32, usize, bool, u8, i64, usize, usize),
+        }
+        let mut keyed = Vec::new();
+        for r in routes {
+            let headers: Vec<(String, Vec<HeaderValue>)> = r
+                .headers
+                .iter()
+                .map(|(n, vals)| {
+                    let vals = vals
+                        .iter()
+                        .filter_map(|v| match v.strip_prefix("~*") {
+                            // Validation compiled these already; a failure here cannot happen.
+                            Some(re) => Regex::new(&format!("(?i){re}"))
+                                .ok()
+                                .map(HeaderValue::Regex),
+                            None => Some(HeaderValue::Exact(v.to_ascii_lowercase())),
+                        })
+                        .collect();
+                    (n.clone(), vals)
+                })
+                .collect();
+            let plain_hosts = !r.hosts.is_empty() && r.hosts.iter().all(|h| !h.contains('*'));
+            let paths: Vec<PathMatch> = if r.paths.is_empty() {
+                vec![PathMatch::Any]
+            } else {
+                r.paths
+                    .iter()
+                    .map(|p| match p {
+                        PathSpec::Prefix(s) => PathMatch::Prefix(s.clone()),
+                        PathSpec::Regex { re, .. } => PathMatch::Regex(re.clone()),
+                    })
+                    .collect()
+            };
+            for path in paths {
+                // Sort key, ascending: more attribute categories first, more headers first,
+                // plain hosts before wildcards, regex paths (by regex_priority) before prefix
+                // paths (longest first), then configuration order.
+                let (kind, regex_prio, prefix_len) = match &path {
+                    PathMatch::Regex(_) => (0u8, r.regex_priority, 0usize),
+                    PathMatch::Prefix(p) => (1, 0, p.len()),
+                    PathMatch::Any => (2, 0, 0),
+                };
+                let key = (
+                    u32::MAX - categories(r),
+                    usize::MAX - r.headers.len(),
+                    !plain_hosts,
+                    kind,
+                    -regex_prio,
+                    usize::MAX - prefix_len,
+                    r.order,
+                );
+                keyed.push(Keyed {
+                    entry: Entry {
+                        route: r.clone(),
+                        path,
+                        headers: headers
+                            .iter()
+                            .map(|(n, v)| {
+                                (
+                                    n.clone(),
+                                    v.iter()
+                                        .map(|x| match x {
+                                            HeaderValue::Exact(s) => HeaderValue::Exact(s.clone()),
+                                            HeaderValue::Regex(re) => {
+                                                HeaderValue::Regex(re.clone())
+                                            }
+                                        })
+                                        .collect(),
+                                )
+                            })
+                            .collect(),
+                        snis: r.snis.clone(),
+                        methods: r.methods.clone(),
+                        has_hosts: !r.hosts.is_empty(),
+                    },
+                    key,
+                });
+            }
+        }
+        keyed.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut router = Router::default();
+        for (i, k) in keyed.into_iter().enumerate() {
+            let idx = i as u32;
+            let r = k.entry.route.clone();
+            if r.hosts.is_empty() {
+                router.hostless.push(idx);
+            }
+            for h in &r.hosts {
+                if let Some(s) = h.strip_prefix("*.") {
+                    router
+                        .suffix_hosts
+                        .entry(s.to_string())
+                        .or_default()
+                        .push(idx);
+                } else if let Some(p) = h.strip_suffix(".*") {
+                    router
+                        .prefix_hosts
+                        .entry(p.to_string())
+                        .or_default()
+                        .push(idx);
+                } else {
+                    router.exact_hosts.entry(h.clone()).or_default().push(idx);
+                }
+            }
+            router.entries.push(k.entry);
+        }
+        for v in router
+            .exact_hosts
+            .values_mut()
+            .chain(router.suffix_hosts.values_mut())
+            .chain(router.prefix_hosts.values_mut())
+        {
+            v.dedup();
+        }
+        router
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The best route for a request, by Kong's priority.
+    pub fn route(&self, req: &RequestInfo<'_>) -> Option<Match> {
+        // Host without port, lower-cased on the stack when needed.
+        let raw_host = req.host;
+        let host_no_port = match raw_host.rfind(':') {
+            Some(i)
+                if !raw_host.ends_with(']')
+                    && raw_host[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                &raw_host[..i]
+            }
+            _ => raw_host,
+        };
+        let mut buf = [0u8; 256];
+        let host: &str = if host_no_port.bytes().any(|b| b.is_ascii_uppercase())
+            && host_no_port.len() <= buf.len()
+        {
+            let n = host_no_port.len();
+            buf[..n].copy_from_slice(host_no_port.as_bytes());
+            buf[..n].make_ascii_lowercase();
+            std::str::from_utf8(&buf[..n]).unwrap_or(host_no_port)
+        } else {
+            host_no_port
+        };
+
+        // Candidate lists, each ascending in priority order; at most a few per request.
+        let mut lists: [&[u32]; 16] = [&[]; 16];
+        let mut n = 0;
+        fn push<'a>(l: &'a [u32], lists: &mut [&'a [u32]; 16], n: &mut usize) {
+            if !l.is_empty() && *n < lists.len() {
+                lists[*n] = l;
+                *n += 1;
+            }
+        }
+        if !host.is_empty() {
+            if let Some(l) = self.exact_hosts.get(host) {
+                push(l, &mut lists, &mut n);
+            }
+            if host.len() != raw_host.len() {
+                // Routes may name a host with its port.
+                let lower_full;
+                let full = if raw_host.bytes().any(|b| b.is_ascii_uppercase()) {
+                    lower_full = raw_host.to_ascii_lowercase();
+                    lower_full.as_str()
+                } else {
+                    raw_host
+                };
+                if let Some(l) = self.exact_hosts.get(full) {
+                    push(l, &mut lists, &mut n);
+                }
+            }
+            if !self.suffix_hosts.is_empty() {
+                let mut rest = host;
+                while let Some(i) = rest.find('.') {
+                    rest = &rest[i + 1..];
+                    if let Some(l) = self.suffix_hosts.get(rest) {
+                        push(l, &mut lists, &mut n);
+                    }
+                }
+            }
+            if !self.prefix_hosts.is_empty() {
+                let mut end = host.len();
+                while let Some(i) = host[..end].rfind('.') {
+                    if let Some(l) = self.prefix_hosts.get(&host[..i]) {
+                        push(l, &mut lists, &mut n);
+                    }
+                    end = i;
+                }
+            }
+        }
+        push(&self.hostless, &mut lists, &mut n);
+
+        let lists = &mut lists[..n];
+        loop {
+            // Take the smallest head among the lists: a k-way merge over sorted indices.
+            let mut best: Option<(usize, u32)> = None;
+            for (li, l) in lists.iter().enumerate() {
+                if let Some(&h) = l.first() {
+                    if best.map(|(_, b)| h < b).unwrap_or(true) {
+                        best = Some((li, h));
+                    }
+                }
+            }
+            let (li, idx) = best?;
+            lists[li] = &lists[li][1..];
+            let entry = &self.entries[idx as usize];
+            if let Some(len) = self.matches(entry, req) {
+                return Some(Match {
+                    route: entry.route.clone(),
+                    matched_len: len,
+                });
+            }
+        }
+    }
+
+    fn matches(&self, e: &Entry, req: &RequestInfo<'_>) -> Option<usize> {
+        let _ = e.has_hosts;
+        if !e.methods.is_empty() && !e.methods.iter().any(|m| m == req.method) {
+            return None;
+        }
+        if req.tls && !e.snis.is_empty() {
+            let sni = req.sni?;
+            if !e.snis.iter().any(|p| wildcard_match(p, sni)) {
+                return None;
+            }
+        }
+        for (name, vals) in &e.headers {
+            let v = (req.header)(name)?;
+            let ok = vals.iter().any(|want| match want {
+                HeaderValue::Exact(s) => s.eq_ignore_ascii_case(v),
+                HeaderValue::Regex(re) => re.is_match(v),
+            });
+            if !ok {
+                return None;
+            }
+        }
+        match &e.path {
+            PathMatch::Any => Some(0),
+            PathMatch::Prefix(p) => req.path.starts_with(p.as_str()).then_some(p.len()),
+            PathMatch::Regex(re) => re.find(req.path).map(|m| m.end()),
+        }
+    }
+}
+
+/// The upstream path for a matched request (Kong `path_handling: v0`): the service path joined
+/// with what remains of the request path after `strip_path`.
+pub fn upstream_path(service_path: Option<&str>, req_path: &str, strip: usize) -> String {
+    let rest = &req_path[strip.min(req_path.len())..];
+    match service_path {
+        None | Some("") => {
+            if rest.is_empty() {
+                "/".to_string()
+            } else if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
+            }
+        }
+        Some(base) => {
+            if rest.is_empty() {
+                base.to_string()
+            } else if base.ends_with('/') && rest.starts_with('/') {
+                format!("{}{}", base, &rest[1..])
+            } else if !base.ends_with('/') && !rest.starts_with('/') {
+                format!("{base}/{rest}")
+            } else {
+                format!("{base}{rest}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*.example.com", "a.example.com"));
+        assert!(wildcard_match("*.example.com", "a.b.example.com"));
+        assert!(!wildcard_match("*.example.com", "example.com"));
+        assert!(!wildcard_match("*.example.com", "aexample.com"));
+        assert!(wildcard_match("example.*", "example.org"));
+        assert!(!wildcard_match("example.*", "example"));
+        assert!(!wildcard_match("example.*", "examples.org"));
+    }
+
+    #[test]
+    fn path_join() {
+        assert_eq!(upstream_path(None, "/a/b", 2), "/b");
+        assert_eq!(upstream_path(None, "/a", 2), "/");
+        assert_eq!(upstream_path(Some("/svc"), "/a/b", 2), "/svc/b");
+        assert_eq!(upstream_path(Some("/svc/"), "/a/b", 2), "/svc/b");
+        assert_eq!(upstream_path(Some("/svc"), "/a", 2), "/svc");
+        assert_eq!(upstream_path(Some("/svc"), "/ab", 2), "/svc/b");
+        assert_eq!(upstream_path(None, "/a/b", 0), "/a/b");
+    }
+}

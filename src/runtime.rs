@@ -1,0 +1,282 @@
+//! The live state compiled from one `Config`: router, certificate store, per-route plugin chains
+//! and metric handles, per-service upstream TLS profiles and balancers. Requests take a snapshot
+//! (`Arc<Runtime>`) when they start, so a reload never changes a request mid-flight.
+
+use crate::config::model::{Config, Protocol, Route, Service};
+use crate::metrics;
+use crate::plugin::{self, RoutePlugins};
+use crate::routing::Router;
+use crate::tls::upstream::{build_profile, TlsProfile};
+use crate::tls::{CertStore, ClientCertPolicy};
+use crate::upstream::{Balancer, BalancerSet};
+use arc_swap::ArcSwap;
+use prometheus::{Histogram, IntCounter};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::SystemTime;
+
+pub type Shared = Arc<ArcSwap<Runtime>>;
+
+/// Metric handles of one route, resolved on first use instead of hashing labels per request.
+pub struct RouteMetrics {
+    service: Arc<str>,
+    route: Arc<str>,
+    codes: RwLock<Vec<(u16, IntCounter)>>,
+    duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<Histogram>,
+    ingress: OnceLock<IntCounter>,
+    egress: OnceLock<IntCounter>,
+}
+
+impl RouteMetrics {
+    pub fn new(service: Arc<str>, route: Arc<str>) -> Self {
+        RouteMetrics {
+            service,
+            route,
+            codes: RwLock::new(Vec::new()),
+            duration: OnceLock::new(),
+            upstream_duration: OnceLock::new(),
+            ingress: OnceLock::new(),
+            egress: OnceLock::new(),
+        }
+    }
+
+    pub fn request(&self, code: u16) {
+        if let Ok(codes) = self.codes.read() {
+            if let Some((_, c)) = codes.iter().find(|(k, _)| *k == code) {
+                c.inc();
+                return;
+            }
+        }
+        let counter = metrics::HTTP_REQUESTS.with_label_values(&[
+            &*self.service,
+            &*self.route,
+            &code.to_string(),
+        ]);
+        counter.inc();
+        if let Ok(mut codes) = self.codes.write() {
+            if !codes.iter().any(|(k, _)| *k == code) {
+                codes.push((code, counter));
+            }
+        }
+    }
+
+    pub fn duration(&self) -> &Histogram {
+        self.duration.get_or_init(|| {
+            metrics::HTTP_DURATION.with_label_values(&[&*self.service, &*self.route])
+        })
+    }
+
+    pub fn upstream_duration(&self) -> &Histogram {
+        self.upstream_duration.get_or_init(|| {
+            metrics::UPSTREAM_DURATION.with_label_values(&[&*self.service, &*self.route])
+        })
+    }
+
+    pub fn ingress(&self) -> &IntCounter {
+        self.ingress.get_or_init(|| {
+            metrics::BANDWIDTH.with_label_values(&[&*self.service, &*self.route, "ingress"])
+        })
+    }
+
+    pub fn egress(&self) -> &IntCounter {
+        self.egress.get_or_init(|| {
+            metrics::BANDWIDTH.with_label_values(&[&*self.service, &*self.route, "egress"])
+        })
+    }
+}
+
+/// Metric switches from the `prometheus` plugin (or defaults when it is absent).
+#[derive(Debug, Clone)]
+pub struct MetricFlags {
+    pub per_consumer: bool,
+    pub status_code: bool,
+    pub latency: bool,
+    pub bandwidth: bool,
+}
+
+pub struct ServiceRt {
+    pub service: Arc<Service>,
+    pub tls: Option<Arc<TlsProfile>>,
+    /// Resolved when the configuration compiled (off the request path); `None` means resolve
+    /// per connection.
+    pub addr: Option<SocketAddr>,
+    pub balancer: Option<Arc<Balancer>>,
+}
+
+pub struct RouteRt {
+    pub route: Arc<Route>,
+    pub service: Arc<ServiceRt>,
+    pub plugins: RoutePlugins,
+    pub metrics: RouteMetrics,
+    pub flags: MetricFlags,
+}
+
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub certs: CertStore,
+    /// By `Route::order`.
+    pub routes: Vec<Option<Arc<RouteRt>>>,
+    pub services: HashMap<String, Arc<ServiceRt>>,
+    pub balancers: BalancerSet,
+    pub loaded_at: SystemTime,
+}
+
+impl Runtime {
+    pub fn route_rt(&self, route: &Route) -> Option<&Arc<RouteRt>> {
+        self.routes.get(route.order).and_then(|r| r.as_ref())
+    }
+}
+
+fn flags_for(config: &Config, route: &Route) -> MetricFlags {
+    // The most specific prometheus instance decides (route > service > global).
+    let inst = config
+        .plugins
+        .iter()
+        .filter(|p| p.name == "prometheus" && p.scope.consumer.is_none())
+        .filter(|p| p.scope.route.as_ref().is_none_or(|r| r == &route.id))
+        .filter(|p| {
+            p.scope
+                .service
+                .as_ref()
+                .is_none_or(|s| s == &route.service.id)
+        })
+        .max_by_key(|p| (p.scope.route.is_some(), p.scope.service.is_some()));
+    let cfg: crate::plugin::prometheus::PrometheusConfig = inst
+        .and_then(|p| serde_json::from_value(p.config.clone()).ok())
+        .unwrap_or_default();
+    MetricFlags {
+        per_consumer: cfg.per_consumer,
+        status_code: cfg.status_code_metrics,
+        latency: cfg.latency_metrics,
+        bandwidth: cfg.bandwidth_metrics,
+    }
+}
+
+/// Compile a validated configuration into live state. `previous` lets unchanged balancers (and
+/// their health state) carry over across a reload.
+pub fn compile(
+    config: Arc<Config>,
+    fallback_cert: Arc<crate::config::model::Certificate>,
+    previous: Option<&Runtime>,
+) -> anyhow::Result<Runtime> {
+    let balancers = BalancerSet::build(&config, previous.map(|p| &p.balancers));
+    let mut services = HashMap::new();
+    for s in &config.services {
+        let tls = if s.protocol.is_tls() {
+            Some(Arc::new(build_profile(&s.tls).map_err(|e| {
+                anyhow::anyhow!("service {}: building TLS profile: {e}", s.name)
+            })?))
+        } else {
+            None
+        };
+        let balancer = s
+            .upstream
+            .and_then(|i| config.upstreams.get(i))
+            .and_then(|u| balancers.get(&u.name));
+        let addr = if balancer.is_none() {
+            (s.host.as_str(), s.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+        } else {
+            None
+        };
+        services.insert(
+            s.id.clone(),
+            Arc::new(ServiceRt {
+                service: s.clone(),
+                tls,
+                addr,
+                balancer,
+            }),
+        );
+    }
+    let mut policy = ClientCertPolicy::default();
+    let mut routes: Vec<Option<Arc<RouteRt>>> = Vec::new();
+    let enabled: Vec<Arc<Route>> = config
+        .routes
+        .iter()
+        .filter(|r| r.service.enabled)
+        .cloned()
+        .collect();
+    for r in &enabled {
+        let Some(service) = services.get(&r.service.id).cloned() else {
+            continue;
+        };
+        let plugins = plugin::compile(&config, r);
+        if let Some(req) = &plugins.client_cert {
+            if r.snis.is_empty() {
+                policy.all = true;
+            } else {
+                policy.snis.extend(r.snis.iter().cloned());
+            }
+            for n in &req.ca_names_der {
+                if !policy.ca_names_der.contains(n) {
+                    policy.ca_names_der.push(n.clone());
+                }
+            }
+        }
+        if routes.len() <= r.order {
+            routes.resize_with(r.order + 1, || None);
+        }
+        routes[r.order] = Some(Arc::new(RouteRt {
+            route: r.clone(),
+            service,
+            metrics: RouteMetrics::new(r.service.name.clone(), r.name.clone()),
+            flags: flags_for(&config, r),
+            plugins,
+        }));
+    }
+    let router = Router::new(&enabled);
+    update_cert_metrics(&config);
+    Ok(Runtime {
+        certs: CertStore::new(&config, fallback_cert, policy),
+        router,
+        routes,
+        services,
+        balancers,
+        loaded_at: SystemTime::now(),
+        config,
+    })
+}
+
+/// `portcullis_certificate_expiry_timestamp_seconds` for every certificate of the config; series
+/// of certificates that are gone are removed.
+pub fn update_cert_metrics(config: &Config) {
+    metrics::CERT_EXPIRY.reset();
+    let client_ids: Vec<&str> = config
+        .services
+        .iter()
+        .filter_map(|s| s.tls.client_certificate.as_ref().map(|c| c.id.as_str()))
+        .collect();
+    for c in &config.certificates {
+        let kind = if client_ids.contains(&c.id.as_str()) && c.snis.is_empty() {
+            "client"
+        } else {
+            "server"
+        };
+        metrics::CERT_EXPIRY
+            .with_label_values(&[kind, c.display_name(), &c.subject])
+            .set(c.not_after);
+    }
+    for c in &config.ca_certificates {
+        for (i, cert) in c.certs.iter().enumerate() {
+            let subject = crate::config::validate::subject_string(cert);
+            let name = if i == 0 {
+                c.display_name().to_string()
+            } else {
+                format!("{}#{i}", c.display_name())
+            };
+            metrics::CERT_EXPIRY
+                .with_label_values(&["ca", &name, &subject])
+                .set(crate::config::validate::not_after_unix(cert));
+        }
+    }
+}
+
+pub fn scheme_default_port(p: Protocol) -> u16 {
+    p.default_port()
+}

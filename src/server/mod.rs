@@ -1,0 +1,173 @@
+//! Builds the Pingora server from a configuration: one proxy service per proxy listener (TLS
+//! ones with our SNI acceptor), one stream service per stream listener, the status listener, the
+//! reload watcher. Pingora's own server settings are derived from the `server:` section.
+
+pub mod reload;
+pub mod status;
+
+use crate::config::model::Config;
+use crate::proxy::GatewayProxy;
+use crate::runtime::{self, Runtime, Shared};
+use crate::stream::{StreamApp, StreamRouteSpec, StreamSettings, StreamTable, StreamTarget};
+use crate::tls::Acceptor;
+use arc_swap::ArcSwap;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The state shared by every listener and the reload machinery.
+pub struct Gateway {
+    pub conf_dir: PathBuf,
+    pub shared: Shared,
+    pub stream_table: Arc<ArcSwap<StreamTable>>,
+    pub fallback_cert: Arc<crate::config::model::Certificate>,
+    pub started: std::time::SystemTime,
+}
+
+/// The passthrough table of a configuration.
+pub fn stream_table(config: &Config) -> StreamTable {
+    let specs = config
+        .stream_routes
+        .iter()
+        .map(|r| {
+            let s = &r.service;
+            let targets = match s.upstream.and_then(|i| config.upstreams.get(i)) {
+                Some(u) => u
+                    .targets
+                    .iter()
+                    .map(|t| StreamTarget {
+                        host: t.host.clone(),
+                        port: t.port,
+                        weight: t.weight,
+                    })
+                    .collect(),
+                None => vec![StreamTarget {
+                    host: s.host.clone(),
+                    port: s.port,
+                    weight: 100,
+                }],
+            };
+            StreamRouteSpec {
+                route: r.name.clone(),
+                service: s.name.clone(),
+                snis: r.snis.clone(),
+                targets,
+                connect_timeout: s.connect_timeout,
+            }
+        })
+        .collect();
+    StreamTable::new(specs)
+}
+
+/// Warnings a running gateway logs once per (re)load.
+pub fn log_config_warnings(config: &Config) {
+    for s in &config.services {
+        if s.protocol.is_tls() && !s.tls.verify {
+            tracing::warn!(service = %s.name, "tls_verify is false: the upstream certificate is NOT verified (man-in-the-middle risk)");
+        }
+    }
+}
+
+pub fn build_runtime(
+    config: Arc<Config>,
+    fallback: Arc<crate::config::model::Certificate>,
+    previous: Option<&Runtime>,
+) -> anyhow::Result<Runtime> {
+    runtime::compile(config, fallback, previous)
+}
+
+/// Construct and run the server; returns only on startup failure.
+pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Result<()> {
+    let fallback = crate::tls::self_signed()?;
+    log_config_warnings(&config);
+    let rt = build_runtime(config.clone(), fallback.clone(), None)?;
+    let shared: Shared = Arc::new(ArcSwap::from_pointee(rt));
+    let stream_table = Arc::new(ArcSwap::from_pointee(stream_table(&config)));
+    let gw = Arc::new(Gateway {
+        conf_dir,
+        shared: shared.clone(),
+        stream_table: stream_table.clone(),
+        fallback_cert: fallback,
+        started: std::time::SystemTime::now(),
+    });
+
+    let mut conf = ServerConf::default();
+    let s = &config.server;
+    conf.threads = s.threads;
+    // Pingora's default grace period makes SIGTERM wait 300 s before draining: far too long for
+    // a Kubernetes rollout. Both values come from `server:` with short defaults.
+    conf.grace_period_seconds = Some(s.grace_period_seconds);
+    conf.graceful_shutdown_timeout_seconds = Some(s.graceful_shutdown_seconds);
+    conf.upgrade_sock = s.upgrade_sock.clone();
+    conf.pid_file = s.pid_file.clone();
+    let opt = Opt {
+        upgrade,
+        daemon: false,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+    let server_conf = server.configuration.clone();
+
+    for (i, l) in config.listeners.proxy.iter().enumerate() {
+        let proxy = GatewayProxy {
+            shared: shared.clone(),
+            tls: l.tls,
+        };
+        let mut svc = pingora::proxy::http_proxy_service_with_name(
+            &server_conf,
+            proxy,
+            &format!("proxy-{i}"),
+        );
+        if l.tls {
+            let mut tls = TlsSettings::with_callbacks(Box::new(Acceptor {
+                shared: shared.clone(),
+            }))?;
+            tls.enable_h2();
+            tls.set_min_proto_version(Some(pingora::tls::ssl::SslVersion::TLS1_2))?;
+            svc.add_tls_with_settings(&l.address, None, tls);
+        } else {
+            svc.add_tcp(&l.address);
+        }
+        server.add_service(svc);
+    }
+
+    for (i, l) in config.listeners.stream.iter().enumerate() {
+        let app = StreamApp::new(
+            stream_table.clone(),
+            StreamSettings {
+                client_hello_timeout: l.client_hello_timeout,
+                idle_timeout: l.idle_timeout,
+                max_connections: l.max_connections,
+            },
+        );
+        let mut svc = Service::new(format!("stream-{i}"), app);
+        svc.add_tcp(&l.address);
+        server.add_service(svc);
+    }
+
+    if let Some(addr) = &config.listeners.status {
+        let app = status::StatusApp { gw: gw.clone() };
+        let mut svc = Service::new(
+            "status".to_string(),
+            pingora::apps::http_app::HttpServer::new_app(app),
+        );
+        svc.add_tcp(addr);
+        server.add_service(svc);
+    }
+
+    reload::start(gw);
+    tracing::info!(
+        proxy = ?config.listeners.proxy.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
+        stream = ?config.listeners.stream.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
+        status = ?config.listeners.status,
+        config_hash = %config.hash,
+        "portcullis starting"
+    );
+    server.run_forever();
+}

@@ -1,0 +1,86 @@
+//! The status listener: `GET /status` (readiness and what is loaded, JSON) and `GET /metrics`
+//! (Prometheus text format of the default registry).
+
+use super::Gateway;
+use async_trait::async_trait;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::Encoder;
+use std::sync::Arc;
+
+pub struct StatusApp {
+    pub gw: Arc<Gateway>,
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn status_json(gw: &Gateway) -> serde_json::Value {
+    let rt = gw.shared.load();
+    let c = &rt.config;
+    serde_json::json!({
+        "status": "ready",
+        "version": env!("CARGO_PKG_VERSION"),
+        "config_hash": c.hash,
+        "loaded_at": rfc3339(rt.loaded_at),
+        "started_at": rfc3339(gw.started),
+        "conf_dir": gw.conf_dir.display().to_string(),
+        "counts": {
+            "services": c.services.len(),
+            "routes": c.routes.len() + c.stream_routes.len(),
+            "stream_routes": c.stream_routes.len(),
+            "certificates": c.certificates.len(),
+            "ca_certificates": c.ca_certificates.len(),
+            "upstreams": c.upstreams.len(),
+            "targets": c.upstreams.iter().map(|u| u.targets.len()).sum::<usize>(),
+            "consumers": c.consumers.len(),
+            "plugins": c.plugins.len(),
+        },
+        "listeners": {
+            "proxy": c.listeners.proxy.iter().map(|l| serde_json::json!({"address": l.address, "tls": l.tls})).collect::<Vec<_>>(),
+            "stream": c.listeners.stream.iter().map(|l| l.address.clone()).collect::<Vec<_>>(),
+            "status": c.listeners.status,
+        },
+    })
+}
+
+fn response(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl ServeHttp for StatusApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/status" | "/status/ready" => response(
+                200,
+                "application/json",
+                status_json(&self.gw).to_string().into_bytes(),
+            ),
+            "/metrics" => {
+                let mut buf = Vec::new();
+                let encoder = prometheus::TextEncoder::new();
+                if let Err(e) = encoder.encode(&prometheus::gather(), &mut buf) {
+                    return response(
+                        500,
+                        "text/plain",
+                        format!("encoding metrics: {e}").into_bytes(),
+                    );
+                }
+                response(200, encoder.format_type(), buf)
+            }
+            _ => response(
+                404,
+                "application/json",
+                br#"{"message":"Not found"}"#.to_vec(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! TLS passthrough on the stream listener: read the ClientHello (after a PostgreSQL `SSLRequest`
+//! if there is one), route by SNI, replay the bytes to the upstream and relay both ways. The
+//! gateway never decrypts here.
+//!
+//! Per connection, [`StreamApp`] goes through: connection limit → prelude (`SSLRequest` answered
+//! `S`, `GSSENCRequest` answered `N`) → ClientHello within `client_hello_timeout` → route lookup
+//! in the current [`StreamTable`] → upstream connect (weighted round robin, next target on
+//! failure) → `SSLRequest` repeated upstream when the client sent one → replay → relay. Anything
+//! unroutable gets a fatal TLS alert when the client spoke TLS, and nothing reaches an upstream.
+
+pub mod clienthello;
+pub mod postgres;
+pub mod relay;
+pub mod table;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+pub use clienthello::{ClientHello, Reject, MAX_CLIENT_HELLO_BYTES};
+pub use relay::{relay, Direction, RelayEnd, Totals};
+pub use table::{ConnectError, StreamRoute, StreamRouteSpec, StreamTable, StreamTarget};
+
+use clienthello::{read_client_hello, read_more, ReadError};
+use postgres::Prelude;
+
+/// Listener-level limits of a stream listener.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// A client that has not sent its whole ClientHello (and `SSLRequest`) by then is closed.
+    pub client_hello_timeout: Duration,
+    /// A tunnel where no byte moves either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections handled at once by this listener; more are closed on arrival.
+    pub max_connections: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            client_hello_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// How a stream connection ended: the `result` label of `portcullis_stream_connections_total`
+/// and the `result` field of the connection's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Relayed until both sides closed.
+    Closed,
+    /// Relayed, then closed after `idle_timeout` without traffic.
+    IdleTimeout,
+    /// Relayed, then a side failed (reset, broken pipe).
+    Reset,
+    /// ClientHello without `server_name`: alert `unrecognized_name`.
+    NoSni,
+    /// No route for the SNI: alert `unrecognized_name`.
+    UnknownSni,
+    /// The first bytes were not TLS (nor a PostgreSQL request): closed without a word.
+    NotTls,
+    /// TLS records, but not a usable ClientHello (malformed or over 16 KiB): alert
+    /// `handshake_failure`.
+    BadClientHello,
+    /// No whole ClientHello within `client_hello_timeout`.
+    ClientHelloTimeout,
+    /// The client closed or failed before its ClientHello was complete.
+    ClientGone,
+    /// No target accepted a connection: alert `internal_error`.
+    UpstreamUnavailable,
+    /// The upstream answered a repeated `SSLRequest` with something other than `S`: alert
+    /// `handshake_failure`.
+    UpstreamRefusedTls,
+    /// The listener was at `max_connections`.
+    OverLimit,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Closed => "closed",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::Reset => "reset",
+            Outcome::NoSni => "no_sni",
+            Outcome::UnknownSni => "unknown_sni",
+            Outcome::NotTls => "not_tls",
+            Outcome::BadClientHello => "bad_client_hello",
+            Outcome::ClientHelloTimeout => "client_hello_timeout",
+            Outcome::ClientGone => "client_gone",
+            Outcome::UpstreamUnavailable => "upstream_unavailable",
+            Outcome::UpstreamRefusedTls => "upstream_refused_tls",
+            Outcome::OverLimit => "over_limit",
+        }
+    }
+}
+
+/// TLS alert descriptions sent on refusal (RFC 8446 §6).
+mod alert {
+    pub const HANDSHAKE_FAILURE: u8 = 40;
+    pub const INTERNAL_ERROR: u8 = 80;
+    pub const UNRECOGNIZED_NAME: u8 = 112;
+}
+
+/// A fatal alert record: content type 21, the client's record version, length 2, level 2.
+fn alert_record(version: u16, description: u8) -> [u8; 7] {
+    let [major, minor] = version.to_be_bytes();
+    [21, major, minor, 0, 2, 2, description]
+}
+
+/// Record version for an alert: the client's own when it sent a sane one, else TLS 1.0 which
+/// every TLS client accepts before a version is negotiated.
+fn alert_version(buf: &[u8]) -> u16 {
+    match buf {
+        [22, 3, minor @ 1..=3, ..] => u16::from_be_bytes([3, *minor]),
+        _ => 0x0301,
+    }
+}
+
+/// The Pingora application behind one stream listener.
+pub struct StreamApp {
+    table: Arc<ArcSwap<StreamTable>>,
+    settings: StreamSettings,
+    slots: Arc<Semaphore>,
+}
+
+impl StreamApp {
+    /// `table` is read once per connection, so a reload swaps it for new connections only.
+    pub fn new(table: Arc<ArcSwap<StreamTable>>, settings: StreamSettings) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.max_connections));
+        StreamApp {
+            table,
+            settings,
+            slots,
+        }
+    }
+
+    pub fn settings(&self) -> &StreamSettings {
+        &self.settings
+    }
+
+    /// Handles one accepted connection to its end; returns how it ended with the details logged.
+    pub async fn handle<S>(&self, client: &mut S, peer: Option<String>) -> ConnectionLog
+    where
+        S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let mut log = ConnectionLog::new(peer);
+        let outcome = match self.slots.clone().try_acquire_owned() {
+            Ok(_permit) => self.serve(client, &mut log).await,
+            Err(_) => Outcome::OverLimit,
+        };
+        log.finish(outcome);
+        log
+    }
+
+    async fn serve<S>(&self, client: &mut S, log: &mut ConnectionLog) -> Outcome
+    where
+        S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let mut buf = Vec::new();
+        let hello = tokio::time::timeout(
+            self.settings.client_hello_timeout,
+            read_prelude_and_hello(client, &mut buf),
+        )
+        .await;
+        let (hello, postgres) = match hello {
+            Err(_) => return Outcome::ClientHelloTimeout,
+            Ok(Err(refusal)) => return refuse(client, &buf, refusal, log).await,
+            Ok(Ok(found)) => found,
+        };
+        log.postgres = postgres;
+        log.alpn = hello.alpn.clone();
+        let Some(sni) = hello.sni.clone() else {
+            send_alert(client, hello.record_version, alert::UNRECOGNIZED_NAME).await;
+            return Outcome::NoSni;
+        };
+        log.sni = Some(sni);
+        // One table per connection: a reload mid-tunnel does not move the tunnel.
+        let route = self
+            .table
+            .load()
+            .lookup(log.sni.as_deref().unwrap_or_default())
+            .cloned();
+        let Some(route) = route else {
+            send_alert(client, hello.record_version, alert::UNRECOGNIZED_NAME).await;
+            return Outcome::UnknownSni;
+        };
+        log.route = Some(route.name.clone());
+        log.service = Some(route.service.clone());
+        route.active.inc();
+        let _active = scopeguard(|| route.active.dec());
+
+        let (mut upstream, addr) = match route.connect().await {
+            Ok(connected) => connected,
+            Err(e) => {
+                log.detail = Some(e.to_string());
+                send_alert(client, hello.record_version, alert::INTERNAL_ERROR).await;
+                return Outcome::UpstreamUnavailable;
+            }
+        };
+        log.upstream = Some(addr);
+        if postgres {
+            match negotiate_postgres_upstream(&mut upstream, route.connect_timeout).await {
+                Ok(()) => {}
+                Err(why) => {
+                    log.detail = Some(why);
+                    send_alert(client, hello.record_version, alert::HANDSHAKE_FAILURE).await;
+                    return Outcome::UpstreamRefusedTls;
+                }
+            }
+        }
+        if let Err(e) = upstream.write_all(&buf).await {
+            log.detail = Some(format!("replaying the ClientHello: {e}"));
+            return Outcome::Reset;
+        }
+        route.bytes_up.inc_by(buf.len() as u64);
+        log.bytes_up = buf.len() as u64;
+        drop(buf);
+
+        let (end, totals) = relay(
+            client,
+            &mut upstream,
+            self.settings.idle_timeout,
+            &route.bytes_up,
+            &route.bytes_down,
+        )
+        .await;
+        log.bytes_up += totals.up;
+        log.bytes_down = totals.down;
+        match end {
+            RelayEnd::Closed => Outcome::Closed,
+            RelayEnd::IdleTimeout => Outcome::IdleTimeout,
+            RelayEnd::Error(direction, e) => {
+                log.detail = Some(format!("{direction:?}: {e}"));
+                Outcome::Reset
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for StreamApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // Pingora's accept loop stops taking connections on shutdown; tunnels already open are
+        // left to finish within the grace period, so the watch needs no handling here.
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()));
+        self.handle(&mut stream, peer).await;
+        // A passthrough connection is never reused for anything else.
+        None
+    }
+}
+
+/// Why a connection was refused before any upstream was involved.
+#[derive(Debug)]
+enum Refusal {
+    Read(ReadError),
+    /// A PostgreSQL message that cannot be routed (StartupMessage in the clear, CancelRequest).
+    UnroutablePostgres,
+}
+
+impl From<ReadError> for Refusal {
+    fn from(e: ReadError) -> Self {
+        Refusal::Read(e)
+    }
+}
+
+/// Reads the optional PostgreSQL prelude and the ClientHello into `buf`. Returns the ClientHello
+/// and whether the client opened with `SSLRequest`; `buf` then holds exactly the bytes to replay.
+async fn read_prelude_and_hello<S>(
+    client: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<(ClientHello, bool), Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut refused_gss = false;
+    let postgres = loop {
+        match postgres::classify(buf) {
+            Prelude::NeedMore => read_more(client, buf).await?,
+            Prelude::NotPostgres => break false,
+            Prelude::SslRequest => {
+                buf.drain(..postgres::SSL_REQUEST.len());
+                write_now(client, &[postgres::ACCEPT_TLS]).await?;
+                break true;
+            }
+            // libpq asks for GSSAPI encryption first when it has Kerberos credentials; `N` makes
+            // it go on with SSLRequest on this connection. Only once: a loop would be abuse.
+            Prelude::GssEncRequest if !refused_gss => {
+                buf.drain(..postgres::GSSENC_REQUEST.len());
+                write_now(client, &[postgres::REFUSE]).await?;
+                refused_gss = true;
+            }
+            Prelude::GssEncRequest | Prelude::Unroutable => {
+                return Err(Refusal::UnroutablePostgres)
+            }
+        }
+    };
+    let hello = read_client_hello(client, buf).await?;
+    Ok((hello, postgres))
+}
+
+async fn write_now<S>(client: &mut S, bytes: &[u8]) -> Result<(), ReadError>
+where
+    S: AsyncWrite + Unpin + ?Sized,
+{
+    client.write_all(bytes).await.map_err(ReadError::Io)?;
+    client.flush().await.map_err(ReadError::Io)
+}
+
+/// Answers a refused client (an alert if it spoke TLS) and names the outcome.
+async fn refuse<S>(client: &mut S, buf: &[u8], refusal: Refusal, log: &mut ConnectionLog) -> Outcome
+where
+    S: AsyncWrite + Unpin + ?Sized,
+{
+    match refusal {
+        Refusal::UnroutablePostgres => {
+            log.detail = Some("PostgreSQL message other than SSLRequest".into());
+            Outcome::NotTls
+        }
+        Refusal::Read(ReadError::Reject(Reject::NotTls)) => Outcome::NotTls,
+        Refusal::Read(ReadError::Reject(reject)) => {
+            log.detail = Some(reject.reason().into());
+            send_alert(client, alert_version(buf), alert::HANDSHAKE_FAILURE).await;
+            Outcome::BadClientHello
+        }
+        Refusal::Read(ReadError::Eof) => Outcome::ClientGone,
+        Refusal::Read(ReadError::Io(e)) => {
+            log.detail = Some(e.to_string());
+            Outcome::ClientGone
+        }
+    }
+}
+
+/// Sends a fatal alert and the FIN after it. Failures are ignored: the client is being dropped.
+async fn send_alert<S>(client: &mut S, version: u16, description: u8)
+where
+    S: AsyncWrite + Unpin + ?Sized,
+{
+    let record = alert_record(version, description);
+    let sent = async {
+        client.write_all(&record).await?;
+        client.flush().await?;
+        client.shutdown().await
+    };
+    // A client that does not read cannot hold the connection open through a full send buffer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
+}
+
+/// Repeats the client's `SSLRequest` to the upstream and expects its `S`.
+async fn negotiate_postgres_upstream<U>(upstream: &mut U, limit: Duration) -> Result<(), String>
+where
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        upstream.write_all(&postgres::SSL_REQUEST).await?;
+        // Exactly one byte: anything after `S` already belongs to the TLS handshake.
+        let mut answer = [0u8; 1];
+        upstream.read_exact(&mut answer).await?;
+        Ok::<u8, std::io::Error>(answer[0])
+    };
+    match tokio::time::timeout(limit, exchange).await {
+        Err(_) => Err("upstream did not answer SSLRequest in time".into()),
+        Ok(Err(e)) => Err(format!("SSLRequest to upstream: {e}")),
+        Ok(Ok(postgres::ACCEPT_TLS)) => Ok(()),
+        Ok(Ok(postgres::REFUSE)) => Err("upstream answered SSLRequest with N (ssl off)".into()),
+        Ok(Ok(other)) => Err(format!(
+            "upstream answered SSLRequest with byte {other:#04x}"
+        )),
+    }
+}
+
+/// Runs `f` when dropped, so a gauge is decremented on every exit path.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// What is known about one connection; logged once when it ends.
+#[derive(Debug, Clone)]
+pub struct ConnectionLog {
+    pub client: Option<String>,
+    pub sni: Option<String>,
+    pub alpn: Vec<Vec<u8>>,
+    pub postgres: bool,
+    pub route: Option<Arc<str>>,
+    pub service: Option<Arc<str>>,
+    pub upstream: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub outcome: Option<Outcome>,
+    pub detail: Option<String>,
+    started: Instant,
+    pub duration: Duration,
+}
+
+impl ConnectionLog {
+    fn new(client: Option<String>) -> Self {
+        ConnectionLog {
+            client,
+            sni: None,
+            alpn: Vec::new(),
+            postgres: false,
+            route: None,
+            service: None,
+            upstream: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            outcome: None,
+            detail: None,
+            started: Instant::now(),
+            duration: Duration::ZERO,
+        }
+    }
+
+    /// Counts the connection and writes its one log line.
+    fn finish(&mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+        self.duration = self.started.elapsed();
+        let route = self.route.as_deref().unwrap_or("");
+        crate::metrics::STREAM_CONNECTIONS
+            .with_label_values(&[route, outcome.as_str()])
+            .inc();
+        let mut alpn = String::new();
+        for (i, p) in self.alpn.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(alpn, "{sep}{}", String::from_utf8_lossy(p));
+        }
+        tracing::info!(
+            target: "portcullis::stream",
+            client = self.client.as_deref().unwrap_or("-"),
+            sni = self.sni.as_deref().unwrap_or("-"),
+            alpn = alpn.as_str(),
+            postgres_ssl_request = self.postgres,
+            route = self.route.as_deref().unwrap_or("-"),
+            service = self.service.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            bytes_up = self.bytes_up,
+            bytes_down = self.bytes_down,
+            duration_ms = self.duration.as_millis() as u64,
+            result = outcome.as_str(),
+            detail = self.detail.as_deref().unwrap_or(""),
+            "stream connection"
+        );
+    }
+}

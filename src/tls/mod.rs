@@ -1,0 +1,287 @@
+//! Downstream TLS: the SNI → certificate store (rebuilt per configuration and swapped with it),
+//! the `TlsAccept` callbacks that install the chosen certificate mid-handshake, ask for client
+//! certificates where mtls-auth needs them, and capture what the client presented.
+
+pub mod upstream;
+
+use crate::config::model::{Certificate, Config};
+use crate::routing::wildcard_match;
+use crate::runtime::Shared;
+use async_trait::async_trait;
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::ssl::{NameType, SslRef, SslVerifyMode};
+use openssl::stack::Stack;
+use openssl::x509::{X509Name, X509NameBuilder, X509Ref, X509};
+use pingora::listeners::TlsAccept;
+use pingora::protocols::tls::TlsRef;
+use portcullis_plugin_api::ClientCertificate;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Which SNIs must request a client certificate.
+#[derive(Debug, Default, Clone)]
+pub struct ClientCertPolicy {
+    /// Some mtls-auth route has no `snis`: every handshake asks.
+    pub all: bool,
+    pub snis: Vec<String>,
+    /// DER subject names to send in the CertificateRequest (`send_ca_dn`).
+    pub ca_names_der: Vec<Vec<u8>>,
+}
+
+impl ClientCertPolicy {
+    fn applies(&self, sni: Option<&str>) -> bool {
+        if self.all {
+            return true;
+        }
+        match sni {
+            Some(s) => self.snis.iter().any(|p| wildcard_match(p, s)),
+            None => false,
+        }
+    }
+}
+
+/// Certificates by SNI for one configuration.
+pub struct CertStore {
+    exact: HashMap<String, Arc<Certificate>>,
+    wildcard: Vec<(String, Arc<Certificate>)>,
+    default: Arc<Certificate>,
+    pub client_certs: ClientCertPolicy,
+}
+
+impl CertStore {
+    pub fn new(
+        config: &Config,
+        fallback: Arc<Certificate>,
+        client_certs: ClientCertPolicy,
+    ) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = Vec::new();
+        for c in &config.certificates {
+            for s in &c.snis {
+                if s.contains('*') {
+                    wildcard.push((s.clone(), c.clone()));
+                } else {
+                    exact.insert(s.clone(), c.clone());
+                }
+            }
+        }
+        // Longer wildcard patterns are more specific: try them first.
+        wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        CertStore {
+            exact,
+            wildcard,
+            default: config.default_certificate.clone().unwrap_or(fallback),
+            client_certs,
+        }
+    }
+
+    /// Exact SNI, then wildcard, then the default certificate.
+    pub fn lookup(&self, sni: Option<&str>) -> &Arc<Certificate> {
+        let Some(sni) = sni else {
+            return &self.default;
+        };
+        let lower;
+        let sni = if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = sni.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            sni
+        };
+        if let Some(c) = self.exact.get(sni) {
+            return c;
+        }
+        self.wildcard
+            .iter()
+            .find(|(p, _)| wildcard_match(p, sni))
+            .map(|(_, c)| c)
+            .unwrap_or(&self.default)
+    }
+}
+
+/// A self-signed certificate for handshakes that match no SNI when no default is configured
+/// (Kong does the same). Generated once per process.
+pub fn self_signed() -> Result<Arc<Certificate>, openssl::error::ErrorStack> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, "localhost")?;
+    name.append_entry_by_nid(Nid::ORGANIZATIONNAME, "Portcullis self-signed")?;
+    let name = name.build();
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    let serial = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial)?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(&name)?;
+    b.set_pubkey(&key)?;
+    b.set_not_before(&*Asn1Time::days_from_now(0)?)?;
+    b.set_not_after(&*Asn1Time::days_from_now(365)?)?;
+    let san = openssl::x509::extension::SubjectAlternativeName::new()
+        .dns("localhost")
+        .build(&b.x509v3_context(None, None))?;
+    b.append_extension(san)?;
+    b.sign(&key, MessageDigest::sha256())?;
+    let cert = b.build();
+    Ok(Arc::new(Certificate {
+        id: "self-signed".into(),
+        name: Some("self-signed".into()),
+        subject: crate::config::validate::subject_string(&cert),
+        not_after: crate::config::validate::not_after_unix(&cert),
+        fingerprint: String::new(),
+        chain: vec![cert],
+        key,
+        snis: Vec::new(),
+    }))
+}
+
+/// What the gateway learnt in the handshake, stored in Pingora's `SslDigest` extension.
+#[derive(Debug, Default)]
+pub struct ConnInfo {
+    pub sni: Option<String>,
+    pub client_certificate: Option<Arc<ClientCertificate>>,
+}
+
+/// The `TlsAccept` callbacks of every TLS proxy listener.
+pub struct Acceptor {
+    pub shared: Shared,
+}
+
+fn install(ssl: &mut SslRef, cert: &Certificate) -> Result<(), openssl::error::ErrorStack> {
+    pingora::tls::ext::ssl_use_certificate(ssl, &cert.chain[0])?;
+    for c in cert.chain.iter().skip(1) {
+        pingora::tls::ext::ssl_add_chain_cert(ssl, c)?;
+    }
+    pingora::tls::ext::ssl_use_private_key(ssl, &cert.key)
+}
+
+#[async_trait]
+impl TlsAccept for Acceptor {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        let rt = self.shared.load();
+        let sni = ssl.servername(NameType::HOST_NAME).map(str::to_owned);
+        let cert = rt.certs.lookup(sni.as_deref()).clone();
+        if let Err(e) = install(ssl, &cert) {
+            tracing::error!(certificate = cert.display_name(), error = %e, "installing certificate failed");
+        }
+        if rt.certs.client_certs.applies(sni.as_deref()) {
+            // Ask, accept whatever comes: each mtls-auth instance verifies against its own CAs,
+            // so two routes on one SNI can trust different issuers.
+            ssl.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
+            let names = &rt.certs.client_certs.ca_names_der;
+            if !names.is_empty() {
+                if let Ok(mut stack) = Stack::<X509Name>::new() {
+                    for der in names {
+                        if let Ok(n) = X509Name::from_der(der) {
+                            let _ = stack.push(n);
+                        }
+                    }
+                    ssl.set_client_ca_list(stack);
+                }
+            }
+        }
+    }
+
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        let sni = ssl
+            .servername(NameType::HOST_NAME)
+            .map(|s| s.to_ascii_lowercase());
+        let client_certificate = ssl.peer_certificate().map(|leaf| {
+            let mut chain_der = Vec::new();
+            if let Ok(d) = leaf.to_der() {
+                chain_der.push(d);
+            }
+            if let Some(chain) = ssl.peer_cert_chain() {
+                for c in chain {
+                    if let Ok(d) = c.to_der() {
+                        // The server-side chain may or may not repeat the leaf.
+                        if chain_der.first() != Some(&d) {
+                            chain_der.push(d);
+                        }
+                    }
+                }
+            }
+            Arc::new(describe(&leaf, chain_der))
+        });
+        Some(Arc::new(ConnInfo {
+            sni,
+            client_certificate,
+        }))
+    }
+}
+
+fn name_to_string(name: &openssl::x509::X509NameRef) -> String {
+    // RFC 2253 order is most-specific first.
+    let mut parts: Vec<String> = name
+        .entries()
+        .filter_map(|e| {
+            let key = e.object().nid().short_name().ok()?;
+            let val = e.data().to_string().ok()?;
+            Some(format!("{key}={}", escape_dn(&val)))
+        })
+        .collect();
+    parts.reverse();
+    parts.join(",")
+}
+
+fn escape_dn(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, c) in v.chars().enumerate() {
+        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+        {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Facts about a client certificate that plugins match on.
+pub fn describe(leaf: &X509Ref, chain_der: Vec<Vec<u8>>) -> ClientCertificate {
+    let common_name = leaf
+        .subject_name()
+        .entries_by_nid(Nid::COMMONNAME)
+        .next()
+        .and_then(|e| e.data().to_string().ok());
+    let mut sans = Vec::new();
+    if let Some(names) = leaf.subject_alt_names() {
+        for n in &names {
+            if let Some(d) = n.dnsname() {
+                sans.push(d.to_string());
+            } else if let Some(e) = n.email() {
+                sans.push(e.to_string());
+            } else if let Some(u) = n.uri() {
+                sans.push(u.to_string());
+            }
+        }
+    }
+    let serial = leaf
+        .serial_number()
+        .to_bn()
+        .and_then(|b| b.to_hex_str().map(|s| s.to_string()))
+        .unwrap_or_default();
+    let fingerprint_sha256 = leaf
+        .digest(MessageDigest::sha256())
+        .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+        .unwrap_or_default();
+    ClientCertificate {
+        chain_der,
+        subject_dn: name_to_string(leaf.subject_name()),
+        issuer_dn: name_to_string(leaf.issuer_name()),
+        common_name,
+        sans,
+        serial,
+        fingerprint_sha256,
+    }
+}
