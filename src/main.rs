@@ -94,7 +94,7 @@ fn check(dir: &std::path::Path) -> ExitCode {
     match portcullis::config::load(dir) {
         Ok((config, warnings)) => {
             for w in &warnings {
-                println!("warning: {w}");
+                println!("{w}");
             }
             let expiry = portcullis::config::expiry_report(&config);
             for line in &expiry.warnings {
@@ -124,7 +124,7 @@ fn check(dir: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             for w in &e.diags.warnings {
-                println!("warning: {w}");
+                println!("{w}");
             }
             for d in &e.diags.errors {
                 println!("{d}");

@@ -21,14 +21,16 @@ pub struct Diag {
     pub loc: Loc,
     pub path: String,
     pub message: String,
+    pub warning: bool,
 }
 
 impl fmt::Display for Diag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let warn = if self.warning { "warning: " } else { "" };
         if self.path.is_empty() {
-            write!(f, "{}: {}", self.loc, self.message)
+            write!(f, "{}: {warn}{}", self.loc, self.message)
         } else {
-            write!(f, "{}: {}: {}", self.loc, self.path, self.message)
+            write!(f, "{}: {}: {warn}{}", self.loc, self.path, self.message)
         }
     }
 }
@@ -45,7 +47,9 @@ impl Diags {
         self.errors.push(Diag::at(loc, path, message));
     }
     pub fn warn(&mut self, loc: &Loc, path: &str, message: impl Into<String>) {
-        self.warnings.push(Diag::at(loc, path, message));
+        let mut w = Diag::at(loc, path, message);
+        w.warning = true;
+        self.warnings.push(w);
     }
 }
 

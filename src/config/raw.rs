@@ -91,6 +91,18 @@ impl<'a> Obj<'a> {
         Some((n, self.sub(key)))
     }
 
+    /// Where `key` itself is written (for errors about a whole section).
+    pub fn key_loc(&self, key: &str) -> Loc {
+        match &self.node.kind {
+            Kind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(k, _)| k.loc.clone())
+                .unwrap_or_else(|| self.node.loc.clone()),
+            _ => self.node.loc.clone(),
+        }
+    }
+
     pub fn has(&self, key: &str) -> bool {
         self.node.get(key).is_some()
     }
@@ -570,7 +582,7 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
         return;
     };
     if let Some(v) = o.str("_format_version", d) {
-        if !matches!(v.v.as_str(), "1.1" | "2.1" | "3.0") {
+        if v.v != "3.0" {
             d.err(
                 &v.loc,
                 "_format_version",
@@ -592,11 +604,11 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
         }
     }
     if let Some((n, p)) = o.field("listeners") {
-        doc.sections.push(("listeners", n.loc.clone()));
+        doc.sections.push(("listeners", o.key_loc("listeners")));
         doc.listeners = read_listeners(n, &p, d);
     }
     if let Some((n, p)) = o.field("tls") {
-        doc.sections.push(("tls", n.loc.clone()));
+        doc.sections.push(("tls", o.key_loc("tls")));
         if let Some(mut t) = Obj::new(n, &p, d) {
             doc.tls = Some(RawTls {
                 default_certificate: t.reference("default_certificate", d),
@@ -605,7 +617,7 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
         }
     }
     if let Some((n, p)) = o.field("server") {
-        doc.sections.push(("server", n.loc.clone()));
+        doc.sections.push(("server", o.key_loc("server")));
         doc.server = read_server(n, &p, d);
     }
     doc.certificates
@@ -1083,6 +1095,7 @@ impl Diag {
             loc: loc.clone(),
             path: path.to_string(),
             message: message.into(),
+            warning: false,
         }
     }
 }

@@ -261,20 +261,19 @@ pub fn validate(
             &mut files,
             d,
         );
-        let (Some((cert_pem, cloc, cpath)), Some((key_pem, kloc, kpath))) = (cert_pem, key_pem)
-        else {
-            continue;
-        };
-        let chain = match X509::stack_from_pem(cert_pem.as_bytes()) {
-            Ok(c) if !c.is_empty() => c,
+        let chain = cert_pem.and_then(|(pem, cloc, cpath)| match X509::stack_from_pem(pem.as_bytes()) {
+            Ok(c) if !c.is_empty() => Some(c),
             _ => {
                 d.err(
                     &cloc,
                     &cpath,
                     "no PEM certificate could be read (expected -----BEGIN CERTIFICATE-----)",
                 );
-                continue;
+                None
             }
+        });
+        let (Some(chain), Some((key_pem, kloc, kpath))) = (chain, key_pem) else {
+            continue;
         };
         let key = match PKey::private_key_from_pem(key_pem.as_bytes()) {
             Ok(k) => k,
@@ -1165,16 +1164,17 @@ fn build_service(
     let port;
     let path;
     if let Some(url) = &s.url {
-        for (field, given) in [
-            ("protocol", s.protocol.is_some()),
-            ("host", s.host.is_some()),
-            ("port", s.port.is_some()),
-            ("path", s.path.is_some()),
-        ] {
-            if given {
+        let conflicts = [
+            ("protocol", s.protocol.as_ref().map(|v| (&v.loc, &v.path))),
+            ("host", s.host.as_ref().map(|v| (&v.loc, &v.path))),
+            ("port", s.port.as_ref().map(|v| (&v.loc, &v.path))),
+            ("path", s.path.as_ref().map(|v| (&v.loc, &v.path))),
+        ];
+        for (field, at) in conflicts {
+            if let Some((loc, path)) = at {
                 d.err(
-                    &url.loc,
-                    &url.path,
+                    loc,
+                    path,
                     format!("give either `url` or `{field}`, not both"),
                 );
             }

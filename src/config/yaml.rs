@@ -209,7 +209,14 @@ impl<'de> Visitor<'de> for NodeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawNode, A::Error> {
         let mut entries = Vec::new();
         while let Some((k, v)) = map.next_entry::<Spanned<RawNode>, Spanned<RawNode>>()? {
-            entries.push((pending(k), pending(v)));
+            let k = pending(k);
+            let mut v = pending(v);
+            // A block scalar (`key: |`) starts on the next line; errors about it belong on the
+            // line of its key, where the operator looks.
+            if !matches!(v.kind, Kind::Seq(_) | Kind::Map(_)) && v.loc.line > k.loc.line {
+                v.loc = k.loc.clone();
+            }
+            entries.push((k, v));
         }
         Ok(RawNode(Kind::Map(entries)))
     }
