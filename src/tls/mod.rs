@@ -46,61 +46,50 @@ impl ClientCertPolicy {
     }
 }
 
-/// Certificates by SNI for one configuration.
+/// Certificates by SNI for one configuration. Wildcards cover exactly one label, as certificate
+/// wildcards (and Kong's SNI matching) do: `*.example.com` serves `a.example.com`, not
+/// `a.b.example.com` nor `example.com`; `shop.*` serves any name whose first label is `shop`.
 pub struct CertStore {
-    exact: HashMap<String, Arc<Certificate>>,
-    wildcard: Vec<(String, Arc<Certificate>)>,
+    /// Exact names and wildcard patterns (`*.example.com`, `example.*`) as written.
+    by_name: HashMap<String, Arc<Certificate>>,
     default: Arc<Certificate>,
     pub client_certs: ClientCertPolicy,
 }
 
 impl CertStore {
-    pub fn new(
-        config: &Config,
-        fallback: Arc<Certificate>,
-        client_certs: ClientCertPolicy,
-    ) -> Self {
-        let mut exact = HashMap::new();
-        let mut wildcard = Vec::new();
+    pub fn new(config: &Config, fallback: Arc<Certificate>, client_certs: ClientCertPolicy) -> Self {
+        let mut by_name = HashMap::new();
         for c in &config.certificates {
             for s in &c.snis {
-                if s.contains('*') {
-                    wildcard.push((s.clone(), c.clone()));
-                } else {
-                    exact.insert(s.clone(), c.clone());
-                }
+                by_name.insert(s.clone(), c.clone());
             }
         }
-        // Longer wildcard patterns are more specific: try them first.
-        wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         CertStore {
-            exact,
-            wildcard,
+            by_name,
             default: config.default_certificate.clone().unwrap_or(fallback),
             client_certs,
         }
     }
 
-    /// Exact SNI, then wildcard, then the default certificate.
+    /// Exact SNI, then `*.rest`, then `first.*`, then the default certificate.
     pub fn lookup(&self, sni: Option<&str>) -> &Arc<Certificate> {
         let Some(sni) = sni else {
             return &self.default;
         };
-        let lower;
-        let sni = if sni.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = sni.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            sni
-        };
-        if let Some(c) = self.exact.get(sni) {
+        let sni = sni.to_ascii_lowercase();
+        if let Some(c) = self.by_name.get(&sni) {
             return c;
         }
-        self.wildcard
-            .iter()
-            .find(|(p, _)| wildcard_match(p, sni))
-            .map(|(_, c)| c)
-            .unwrap_or(&self.default)
+        // Kong's rule: replace the first label by `*`, or everything after it by `*`.
+        if let Some(i) = sni.find('.') {
+            if let Some(c) = self.by_name.get(&format!("*{}", &sni[i..])) {
+                return c;
+            }
+            if let Some(c) = self.by_name.get(&format!("{}.*", &sni[..i])) {
+                return c;
+            }
+        }
+        &self.default
     }
 }
 
