@@ -13,9 +13,9 @@ use std::sync::Arc;
 pub fn registry() -> Vec<Box<dyn PluginFactory>> {
     vec![
         Box::new(prometheus::Factory),
-        // PLUGIN-CRATES Box::new(portcullis_mtls_auth::Factory),
-        // PLUGIN-CRATES Box::new(portcullis_acl::Factory),
-        // PLUGIN-CRATES Box::new(portcullis_request_termination::Factory),
+        Box::new(portcullis_mtls_auth::Factory),
+        Box::new(portcullis_acl::Factory),
+        Box::new(portcullis_request_termination::Factory),
     ]
 }
 
