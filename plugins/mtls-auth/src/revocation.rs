@@ -26,6 +26,8 @@ const MAX_OCSP_BYTES: usize = 1024 * 1024;
 const ERROR_RETRY: Duration = Duration::from_secs(10);
 /// Clock skew tolerated on OCSP thisUpdate/nextUpdate.
 const OCSP_SKEW_SECS: u32 = 300;
+/// Oldest thisUpdate accepted from a responder that gives no nextUpdate.
+const OCSP_MAX_AGE_SECS: u32 = 3600;
 
 /// What is known about the leaf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,8 +391,11 @@ fn evaluate_ocsp(
     let single = basic
         .find_status(&id)
         .ok_or("response does not cover the certificate")?;
+    // Without a nonce, freshness is what stops a replayed "good" from before a revocation:
+    // a response that states no nextUpdate must at least be recent.
+    let max_age = single.next_update().is_none().then_some(OCSP_MAX_AGE_SECS);
     single
-        .check_validity(OCSP_SKEW_SECS, None)
+        .check_validity(OCSP_SKEW_SECS, max_age)
         .map_err(|e| format!("response not current: {e}"))?;
     let valid = single
         .next_update()
