@@ -491,15 +491,7 @@ impl ProxyHttp for GatewayProxy {
                 .insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
         }
         if !(trusted && upstream_request.headers.contains_key("x-forwarded-host")) {
-            let h = original_host
-                .rsplit_once(':')
-                .map(|(h, _)| h)
-                .filter(|h| !h.ends_with(']') || true);
-            let h = match h {
-                Some(h) if !original_host.ends_with(']') => h.to_string(),
-                _ => original_host.clone(),
-            };
-            upstream_request.insert_header("x-forwarded-host", h)?;
+            upstream_request.insert_header("x-forwarded-host", strip_port(&original_host))?;
         }
         if !(trusted && upstream_request.headers.contains_key("x-forwarded-port")) {
             let port = session
@@ -685,6 +677,16 @@ impl ProxyHttp for GatewayProxy {
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
             "request"
         );
+    }
+}
+
+/// `example.com:8000` → `example.com`; `[::1]:8000` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            &host[..i]
+        }
+        _ => host,
     }
 }
 
