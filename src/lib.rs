@@ -1,6 +1,8 @@
 //! Portcullis: a programmable API gateway on Pingora. The binary in `main.rs` is a thin CLI over
 //! this library so integration tests and benchmarks can reach the same code.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod config;
 pub mod healthcheck;
 pub mod logging;

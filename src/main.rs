@@ -1,5 +1,7 @@
 //! The `portcullis` command: a thin CLI over the library (config → server → run).
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -103,6 +103,7 @@ pub fn not_after_unix(c: &X509) -> i64 {
 }
 
 /// Reads PEM given inline or by file; a file path is relative to the conf dir.
+#[allow(clippy::too_many_arguments)]
 fn pem_source(
     dir: &Path,
     inline: &Option<V<String>>,
@@ -261,17 +262,20 @@ pub fn validate(
             &mut files,
             d,
         );
-        let chain = cert_pem.and_then(|(pem, cloc, cpath)| match X509::stack_from_pem(pem.as_bytes()) {
-            Ok(c) if !c.is_empty() => Some(c),
-            _ => {
-                d.err(
+        let chain =
+            cert_pem.and_then(
+                |(pem, cloc, cpath)| match X509::stack_from_pem(pem.as_bytes()) {
+                    Ok(c) if !c.is_empty() => Some(c),
+                    _ => {
+                        d.err(
                     &cloc,
                     &cpath,
                     "no PEM certificate could be read (expected -----BEGIN CERTIFICATE-----)",
                 );
-                None
-            }
-        });
+                        None
+                    }
+                },
+            );
         let (Some(chain), Some((key_pem, kloc, kpath))) = (chain, key_pem) else {
             continue;
         };

@@ -4,6 +4,9 @@
 //! at `GET /metrics`. Hot paths resolve label handles once (per route, when a configuration is
 //! compiled) instead of formatting labels per request.
 
+// Registration can only fail on a duplicate name, a programming error caught by any test run.
+#![allow(clippy::expect_used)]
+
 use once_cell::sync::Lazy;
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,

@@ -171,7 +171,7 @@ impl Router {
                 });
             }
         }
-        keyed.sort_by(|a, b| a.key.cmp(&b.key));
+        keyed.sort_by_key(|k| k.key);
         let mut router = Router::default();
         for (i, k) in keyed.into_iter().enumerate() {
             let idx = i as u32;

@@ -57,7 +57,11 @@ pub struct CertStore {
 }
 
 impl CertStore {
-    pub fn new(config: &Config, fallback: Arc<Certificate>, client_certs: ClientCertPolicy) -> Self {
+    pub fn new(
+        config: &Config,
+        fallback: Arc<Certificate>,
+        client_certs: ClientCertPolicy,
+    ) -> Self {
         let mut by_name = HashMap::new();
         for c in &config.certificates {
             for s in &c.snis {

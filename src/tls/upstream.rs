@@ -153,10 +153,11 @@ fn reason(err: X509VerifyResult) -> String {
     err.error_string().to_string()
 }
 
+/// Pingora's upstream handshake-complete hook type.
+pub type HandshakeHook = Arc<dyn Fn(&TlsRef) -> Option<Arc<dyn Any + Send + Sync>> + Send + Sync>;
+
 /// The hook Pingora runs after every upstream handshake of a verifying profile.
-pub fn handshake_hook(
-    store: Option<Arc<X509Store>>,
-) -> Arc<dyn Fn(&TlsRef) -> Option<Arc<dyn Any + Send + Sync>> + Send + Sync> {
+pub fn handshake_hook(store: Option<Arc<X509Store>>) -> HandshakeHook {
     Arc::new(move |ssl: &TlsRef| {
         let failure = store.as_ref().and_then(|s| verify_peer(s, ssl));
         Some(Arc::new(UpstreamVerdict {

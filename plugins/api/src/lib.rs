@@ -12,6 +12,8 @@
 //! | header_filter            | [`Plugin::response_headers`] | `response_filter`     |
 //! | log                      | [`Plugin::log`]           | `logging` (also after errors) |
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
