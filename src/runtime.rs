@@ -103,6 +103,8 @@ pub struct ServiceRt {
     /// per connection.
     pub addr: Option<SocketAddr>,
     pub balancer: Option<Arc<Balancer>>,
+    /// The Host header sent upstream when `preserve_host` is off and no balancer picks a target.
+    pub host_header: http::HeaderValue,
 }
 
 pub struct RouteRt {
@@ -184,6 +186,9 @@ pub fn compile(
         } else {
             None
         };
+        let host = crate::proxy::host_with_port(&s.host, s.port, s.protocol);
+        let host_header = http::HeaderValue::from_str(&host)
+            .map_err(|_| anyhow::anyhow!("service {}: host {:?} is not a valid Host header", s.name, host))?;
         services.insert(
             s.id.clone(),
             Arc::new(ServiceRt {
@@ -191,6 +196,7 @@ pub fn compile(
                 tls,
                 addr,
                 balancer,
+                host_header,
             }),
         );
     }

@@ -422,21 +422,16 @@ impl ProxyHttp for GatewayProxy {
         let r = &route.route;
         let s = &route.service.service;
 
-        // Path: strip the matched part, join with the service path, keep the query.
+        // Path: strip the matched part, join with the service path, keep the query. Nothing to
+        // rewrite (and nothing allocated) when neither applies.
         let strip = if r.strip_path { ctx.matched_len } else { 0 };
-        let uri = &session.req_header().uri;
-        let path = upstream_path(s.path.as_deref(), uri.path(), strip);
-        let new_uri = match uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        if new_uri
-            != upstream_request
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("")
-        {
+        if strip > 0 || s.path.is_some() {
+            let uri = &session.req_header().uri;
+            let path = upstream_path(s.path.as_deref(), uri.path(), strip);
+            let new_uri = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
             let parsed = new_uri.parse::<http::Uri>().map_err(|e| {
                 Error::explain(
                     ErrorType::InternalError,
@@ -458,9 +453,16 @@ impl ProxyHttp for GatewayProxy {
                     }
                     (None, None) => s.host.clone(),
                 },
-                None => host_with_port(&s.host, s.port, s.protocol),
+                // Precompiled per service: no formatting per request.
+                None => {
+                    upstream_request
+                        .insert_header(http::header::HOST, route.service.host_header.clone())?;
+                    String::new()
+                }
             };
-            upstream_request.insert_header(http::header::HOST, host)?;
+            if !host.is_empty() {
+                upstream_request.insert_header(http::header::HOST, host)?;
+            }
         }
 
         // X-Forwarded-*: replaced unless the peer is a trusted proxy.
@@ -690,7 +692,7 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn host_with_port(host: &str, port: u16, protocol: Protocol) -> String {
+pub fn host_with_port(host: &str, port: u16, protocol: Protocol) -> String {
     if port == protocol.default_port() {
         host.to_string()
     } else if host.contains(':') {
