@@ -152,6 +152,31 @@ fn hash_of<T: Hash>(t: &T) -> u64 {
     h.finish()
 }
 
+/// An SNI belongs to one certificate (as in Kong): record the owner or report the clash.
+fn claim_snis(
+    names: &[V<String>],
+    owner_id: &str,
+    owners: &mut HashMap<String, (String, Loc)>,
+    out: &mut Vec<String>,
+    d: &mut Diags,
+) {
+    for s in names {
+        let Some(n) = check_wildcard(s, "SNI", d) else {
+            continue;
+        };
+        if let Some((owner, at)) = owners.get(&n) {
+            d.err(
+                &s.loc,
+                &s.path,
+                format!("SNI {n:?} already belongs to certificate {owner:?} ({at})"),
+            );
+        } else {
+            owners.insert(n.clone(), (owner_id.to_string(), s.loc.clone()));
+            out.push(n);
+        }
+    }
+}
+
 /// Wildcard names as Kong allows them: exact, `*.example.com`, or `example.*`.
 fn check_wildcard(name: &V<String>, what: &str, d: &mut Diags) -> Option<String> {
     let n = name.v.trim().to_ascii_lowercase();
@@ -184,7 +209,7 @@ pub fn validate(
     // ---- CA certificates
     let mut ca_index = Index::new("ca_certificate");
     let mut cas: Vec<Arc<CaCertificate>> = Vec::new();
-    for (i, raw) in doc.ca_certificates.iter().enumerate() {
+    for raw in &doc.ca_certificates {
         let Some((pem, loc, path)) = pem_source(
             dir,
             &raw.cert,
@@ -223,7 +248,6 @@ pub fn validate(
         if let Some(v) = &raw.name {
             ca_index.add(v, idx, "name", d);
         }
-        let _ = i;
         cas.push(Arc::new(CaCertificate {
             id,
             name: raw.name.as_ref().map(|v| v.v.clone()),
@@ -319,20 +343,7 @@ pub fn validate(
             cert_index.add(v, idx, "name", d);
         }
         let mut snis = Vec::new();
-        for s in &raw.snis {
-            if let Some(n) = check_wildcard(s, "SNI", d) {
-                if let Some((owner, at)) = sni_owner.get(&n) {
-                    d.err(
-                        &s.loc,
-                        &s.path,
-                        format!("SNI {n:?} already belongs to certificate {owner:?} ({at})"),
-                    );
-                } else {
-                    sni_owner.insert(n.clone(), (id.clone(), s.loc.clone()));
-                    snis.push(n);
-                }
-            }
-        }
+        claim_snis(&raw.snis, &id, &mut sni_owner, &mut snis, d);
         certs.push(Arc::new(Certificate {
             id,
             name: raw.name.as_ref().map(|v| v.v.clone()),
@@ -362,20 +373,7 @@ pub fn validate(
         for (idx, names) in extra_snis {
             let Some(old) = certs.get(idx) else { continue };
             let mut snis = old.snis.clone();
-            for s in &names {
-                if let Some(n) = check_wildcard(s, "SNI", d) {
-                    if let Some((owner, at)) = sni_owner.get(&n) {
-                        d.err(
-                            &s.loc,
-                            &s.path,
-                            format!("SNI {n:?} already belongs to certificate {owner:?} ({at})"),
-                        );
-                    } else {
-                        sni_owner.insert(n.clone(), (old.id.clone(), s.loc.clone()));
-                        snis.push(n);
-                    }
-                }
-            }
+            claim_snis(&names, &old.id, &mut sni_owner, &mut snis, d);
             let rebuilt = Certificate {
                 id: old.id.clone(),
                 name: old.name.clone(),
