@@ -468,22 +468,27 @@ fn bad_input_gets_4xx_or_close_and_gateway_keeps_serving() {
     let timeout = Duration::from_secs(10);
 
     // Garbage instead of a request line.
-    let out = raw_request(port, b"THIS IS NOT HTTP\r\n\r\n", timeout).unwrap_or_default();
+    let out = raw_exchange(port, b"THIS IS NOT HTTP\r\n\r\n", timeout).unwrap_or_default();
     if let Some(code) = status_of(&out) {
         assert!((400..500).contains(&code), "garbage answered {code}");
     }
-    // An oversized header block.
+    // A header block far beyond any sane limit (2 MB): refused, never forwarded.
     let big = format!(
-        "GET / HTTP/1.1\r\nHost: h.test\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(256 * 1024)
+        "GET /big HTTP/1.1\r\nHost: h.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2 * 1024 * 1024)
     );
-    let out = raw_request(port, big.as_bytes(), timeout).unwrap_or_default();
+    let out = raw_exchange(port, big.as_bytes(), timeout).unwrap_or_default();
     if let Some(code) = status_of(&out) {
         assert!(
             (400..500).contains(&code),
             "oversized headers answered {code}"
         );
     }
+    assert_eq!(
+        echo.requests(),
+        0,
+        "oversized or malformed requests reached the upstream"
+    );
     // A client that vanishes mid-request (headers and body cut short).
     for partial in [
         &b"GET / HTTP/1.1\r\nHost: h.te"[..],
@@ -596,5 +601,80 @@ fn one_json_log_line_per_request() {
         "log line lacks the upstream address {}: {}",
         echo.addr(),
         lines[0]
+    );
+}
+
+#[test]
+fn upstream_errors_pass_through_unchanged() {
+    let echo = HttpEcho::start("echo");
+    let gw = Gateway::start(&format!(
+        "services:\n- name: s\n  url: {}\n  routes:\n  - name: r\n    paths: [/]\n",
+        echo.url()
+    ));
+    for code in [404u16, 500, 502, 503] {
+        let r = Curl::at("http", "h.test", gw.http_port(), "/x")
+            .header(&format!("x-echo-status: {code}"))
+            .run();
+        assert_eq!(r.status, code);
+        // The upstream's own body, not a gateway error body.
+        assert_eq!(r.json()["server"], "echo", "status {code}: {}", r.text());
+        assert!(r.header("x-request-id").is_some());
+    }
+}
+
+#[test]
+fn dot_segments_cannot_escape_the_matched_route() {
+    // Routes decide which plugins (authentication, ACL) guard a request. If `/api/public/../private`
+    // matched the public route and went upstream as sent, every upstream that resolves dot
+    // segments (most do) would serve /api/private without the private route's protection.
+    // Kong normalises the path (RFC 3986: percent-decoded unreserved characters, dot segments
+    // removed) before matching; whatever the gateway does, the public route must not take these.
+    let public = HttpEcho::start("public");
+    let private = HttpEcho::start("private");
+    let gw = Gateway::start(&format!(
+        r#"
+services:
+- name: public
+  url: {public}
+  routes:
+  - name: public
+    paths: [/api/public]
+    strip_path: false
+- name: private
+  url: {private}
+  routes:
+  - name: private
+    paths: [/api/private]
+    strip_path: false
+"#,
+        public = public.url(),
+        private = private.url(),
+    ));
+    for path in [
+        "/api/public/../private/secret",
+        "/api/public/./../private/secret",
+        "/api/public/%2e%2e/private/secret",
+        "/api/public/%2E%2E/private/secret",
+        "/api/public/.%2e/private/secret",
+    ] {
+        let r = Curl::at("http", "h.test", gw.http_port(), path)
+            .arg("--path-as-is")
+            .run();
+        let by = if r.status == 200 {
+            r.json()["server"].as_str().unwrap_or("").to_string()
+        } else {
+            String::new()
+        };
+        assert!(
+            (400..500).contains(&r.status) || by == "private",
+            "{path}: answered {} by {by:?} (upstream saw {}); must be refused or routed as /api/private/secret",
+            r.status,
+            r.text()
+        );
+    }
+    assert_eq!(
+        public.requests(),
+        0,
+        "the public route took a path outside its prefix"
     );
 }

@@ -62,6 +62,11 @@ services:
     paths: [/secure]
     protocols: [https]
     strip_path: false
+  - name: hosted
+    hosts: [host.example.com]
+    paths: [/hosted]
+    preserve_host: true
+    strip_path: false
 - name: sni-echo
   url: {sni_echo}
   routes:
@@ -312,4 +317,49 @@ fn without_default_certificate_a_self_signed_one_is_served() {
         .insecure()
         .run();
     assert_eq!(r.status, 200, "{r:#?}");
+}
+
+#[test]
+fn http2_authority_matches_hosts_and_is_preserved() {
+    let s = setup();
+    let port = s.gw.https_port();
+    for h2 in [true, false] {
+        let mut c = Curl::at("https", "host.example.com", port, "/hosted").insecure();
+        if h2 {
+            c = c.http2();
+        } else {
+            c = c.http1();
+        }
+        let r = c.run();
+        assert_eq!(r.status, 200, "h2={h2}: {r:#?}");
+        assert_eq!(r.http_version, if h2 { "2" } else { "1.1" });
+        let j = r.json();
+        assert_eq!(j["path"], "/hosted", "h2={h2}: routed by host");
+        assert_eq!(
+            j["headers"]["host"],
+            format!("host.example.com:{port}"),
+            "h2={h2}: preserve_host must forward the client's authority"
+        );
+        assert_eq!(
+            j["headers"]["x-forwarded-host"], "host.example.com",
+            "h2={h2}"
+        );
+    }
+}
+
+#[test]
+fn errors_over_http2_have_the_same_json_bodies() {
+    let echo = HttpEcho::start("echo");
+    let gw = Gateway::start(&format!(
+        "services:\n- name: s\n  url: {}\n  routes:\n  - name: r\n    paths: [/only]\n",
+        echo.url()
+    ));
+    let r = Curl::at("https", "any.test", gw.https_port(), "/nope")
+        .insecure()
+        .http2()
+        .header("X-Request-Id: h2-404")
+        .run();
+    assert_eq!(r.http_version, "2");
+    assert_error_body(&r, 404, "no Route matched with those values");
+    assert_eq!(r.json()["request_id"], "h2-404");
 }

@@ -118,6 +118,12 @@ fn seed_004_matrix() {
     assert_eq!(r.status, 200, "{r:#?} {}", r.text());
     assert_eq!(r.json()["server"], "right-ca");
     assert_eq!(r.json()["path"], "/x");
+    // RFC 6066 forbids IP literals in SNI: an IP host is verified without sending one.
+    assert_eq!(
+        r.json()["sni"],
+        serde_json::Value::Null,
+        "IP literal sent as SNI"
+    );
 
     let r = get(&gw, "/wrong-ca");
     assert_error_body(&r, 502, BAD_GATEWAY);
@@ -192,6 +198,12 @@ fn expired_and_wrong_name_upstreams_fail_with_their_reason() {
     let yaml = services(&[
         ("expired", expired.url(), "ca_certificates: [root]"),
         ("wrong-name", wrong_name.url(), "ca_certificates: [root]"),
+        // The same upstream reached by host name: a DNS name mismatch.
+        (
+            "wrong-hostname",
+            format!("https://localhost:{}", wrong_name.port()),
+            "ca_certificates: [root]",
+        ),
         // The name is verified when given as a host name too.
         (
             "by-hostname",
@@ -203,9 +215,12 @@ fn expired_and_wrong_name_upstreams_fail_with_their_reason() {
 
     assert_error_body(&get(&gw, "/expired"), 502, BAD_GATEWAY);
     assert_error_body(&get(&gw, "/wrong-name"), 502, BAD_GATEWAY);
+    assert_error_body(&get(&gw, "/wrong-hostname"), 502, BAD_GATEWAY);
     assert_eq!(expired.requests() + wrong_name.requests(), 0);
     assert_tls_failure_counted(&gw, "expired", "certificate has expired");
-    assert_tls_failure_counted(&gw, "wrong-name", "hostname mismatch");
+    // An IP host is verified against IP SANs: OpenSSL says "IP address mismatch".
+    assert_tls_failure_counted(&gw, "wrong-name", "IP address mismatch");
+    assert_tls_failure_counted(&gw, "wrong-hostname", "hostname mismatch");
 
     let r = get(&gw, "/by-hostname");
     assert_eq!(r.status, 200, "{r:#?}");

@@ -57,6 +57,51 @@ pub fn raw_request(port: u16, bytes: &[u8], timeout: Duration) -> std::io::Resul
     Ok(out)
 }
 
+/// Sends `bytes` and returns as soon as one whole response arrived (head plus a
+/// `Content-Length` or chunked body), or the peer closed, or `timeout` passed.
+/// Unlike [`raw_request`] it does not wait for a keep-alive connection to close.
+#[allow(dead_code)]
+pub fn raw_exchange(port: u16, bytes: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&super::upstream::local(port), timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    // The server may answer (e.g. 400) and close before it read everything: keep its answer.
+    let write_err = s.write_all(bytes).err();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if response_complete(&out) {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if out.is_empty() => return Err(write_err.unwrap_or(e)),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+fn response_complete(buf: &[u8]) -> bool {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let body = &buf[head_end + 4..];
+    if let Some(cl) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= cl;
+    }
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
+}
+
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
@@ -130,6 +175,8 @@ impl Response {
 pub struct Curl {
     url: String,
     args: Vec<String>,
+    /// Sent from a file: a large body does not fit in one command-line argument.
+    body: Option<Vec<u8>>,
 }
 
 #[allow(dead_code)]
@@ -138,6 +185,7 @@ impl Curl {
         Curl {
             url: url.to_string(),
             args: Vec::new(),
+            body: None,
         }
     }
 
@@ -161,8 +209,10 @@ impl Curl {
     pub fn method(self, m: &str) -> Curl {
         self.arg("-X").arg(m)
     }
-    pub fn data(self, d: &str) -> Curl {
-        self.arg("--data-binary").arg(d)
+    /// Request body (curl then defaults to POST).
+    pub fn data(mut self, d: impl AsRef<[u8]>) -> Curl {
+        self.body = Some(d.as_ref().to_vec());
+        self
     }
     pub fn cacert(self, p: &Path) -> Curl {
         self.arg("--cacert").arg(p.display().to_string())
@@ -191,6 +241,12 @@ impl Curl {
         let head_path: PathBuf = dir.path().join("head");
         let body_path: PathBuf = dir.path().join("body");
         let mut cmd = Command::new("curl");
+        if let Some(body) = &self.body {
+            let body_in = dir.path().join("request-body");
+            std::fs::write(&body_in, body).expect("write request body");
+            cmd.arg("--data-binary")
+                .arg(format!("@{}", body_in.display()));
+        }
         cmd.arg("-sS")
             .arg("--noproxy")
             .arg("*")

@@ -427,3 +427,13 @@ fn run_check(cwd: &Path, conf: &Path) -> CheckOutput {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+#[allow(dead_code)]
+impl GatewayBuilder {
+    /// Use these ports instead of fresh ones: a second process that takes over the listeners of
+    /// a first (graceful upgrade) runs on the same addresses.
+    pub fn with_ports(mut self, ports: Ports) -> GatewayBuilder {
+        self.ports = ports;
+        self
+    }
+}

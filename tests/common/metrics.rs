@@ -119,3 +119,74 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 pub fn samples(text: &str, name: &str) -> Vec<Sample> {
     parse(text).into_iter().filter(|s| s.name == name).collect()
 }
+
+/// One sample as Python's `prometheus_client` parser read it.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct PySample {
+    pub family: String,
+    pub family_type: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+const PY_PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out.append({"family": fam.name, "type": fam.type, "name": s.name,
+                    "labels": s.labels, "value": repr(float(s.value))})
+print(json.dumps(out))
+"#;
+
+/// Parses the whole exposition with Python's `prometheus_client` (a second, independent parser
+/// that rejects malformed text); panics with Python's error when it does not parse.
+#[allow(dead_code)]
+pub fn python_parse(text: &str) -> Vec<PySample> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(PY_PARSE)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run python3 (scripts/setup.sh installs it): {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .expect("write exposition to python3");
+    }
+    let out = child.wait_with_output().expect("python3 output");
+    assert!(
+        out.status.success(),
+        "prometheus_client could not parse the exposition: {}\n----- exposition -----\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("python3 printed JSON");
+    v.as_array()
+        .expect("a JSON list")
+        .iter()
+        .map(|s| PySample {
+            family: s["family"].as_str().unwrap_or_default().to_string(),
+            family_type: s["type"].as_str().unwrap_or_default().to_string(),
+            name: s["name"].as_str().unwrap_or_default().to_string(),
+            labels: s["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            value: s["value"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN),
+        })
+        .collect()
+}

@@ -13,7 +13,7 @@ pub mod pki;
 pub mod upstream;
 
 #[allow(unused_imports)]
-pub use client::{http_get, raw_request, Curl, Response, Served, TlsProbe};
+pub use client::{http_get, raw_exchange, raw_request, Curl, Response, Served, TlsProbe};
 #[allow(unused_imports)]
 pub use gateway::{check, check_dir, CheckOutput, ConfDir, Gateway, GatewayBuilder, Ports};
 #[allow(unused_imports)]
@@ -67,3 +67,7 @@ pub fn assert_error_body(resp: &Response, status: u16, message: &str) {
         "request_id must equal X-Request-Id"
     );
 }
+
+pub mod keepalive;
+#[allow(unused_imports)]
+pub use keepalive::{KaError, KaResponse, KeepAlive};

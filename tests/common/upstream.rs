@@ -63,6 +63,8 @@ struct Shared {
     reply: Reply,
     stats: Stats,
     delay: Mutex<Duration>,
+    /// Status for requests without `x-echo-status` (200 when 0): a target alive but sick.
+    status: std::sync::atomic::AtomicU16,
 }
 
 /// A running server; stopping it closes the listener and every open connection.
@@ -161,6 +163,7 @@ impl HttpEcho {
             reply: Reply::Echo,
             stats: Stats::default(),
             delay: Mutex::new(delay),
+            status: Default::default(),
         });
         let running = Running::start(0, None, shared.clone());
         HttpEcho { shared, running }
@@ -197,6 +200,13 @@ impl HttpEcho {
     /// Closes the listener and all connections (a target going down).
     pub fn stop(&mut self) {
         self.running.stop();
+    }
+    /// Answers every request (health probes included) with `status`, `None` back to 200: a
+    /// target that is up but failing. `x-echo-status` still wins.
+    pub fn set_status(&self, status: Option<u16>) {
+        self.shared
+            .status
+            .store(status.unwrap_or(0), Ordering::SeqCst);
     }
     /// Listens again on the same port (a target coming back).
     pub fn restart(&mut self) {
@@ -251,6 +261,7 @@ impl HttpsEcho {
             reply,
             stats: Stats::default(),
             delay: Mutex::new(Duration::ZERO),
+            status: Default::default(),
         });
         let running = Running::start(0, Some(acceptor.clone()), shared.clone());
         HttpsEcho {
@@ -468,9 +479,10 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        let forced = shared.status.load(Ordering::SeqCst);
         let status = header("x-echo-status")
             .and_then(|v| v.trim().parse::<u16>().ok())
-            .unwrap_or(200);
+            .unwrap_or(if forced == 0 { 200 } else { forced });
 
         let body = match shared.reply {
             Reply::TlsBackend => json!({"service": "tls-backend", "tls": "terminated-here"}),
