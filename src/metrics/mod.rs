@@ -8,9 +8,11 @@
 #![allow(clippy::expect_used)]
 
 use once_cell::sync::Lazy;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
-    IntCounterVec, IntGaugeVec,
+    IntCounterVec, IntGaugeVec, Opts,
 };
 
 /// Latency buckets in seconds: sub-millisecond resolution at the low end for a loopback proxy,
@@ -28,22 +30,63 @@ macro_rules! metric {
     };
 }
 
-metric!(
-    HTTP_REQUESTS,
-    IntCounterVec,
-    register_int_counter_vec,
-    "portcullis_http_requests_total",
-    "HTTP requests by service, route and status code",
-    &["service", "route", "code"]
-);
-metric!(
-    HTTP_REQUESTS_BY_CONSUMER,
-    IntCounterVec,
-    register_int_counter_vec,
-    "portcullis_http_consumer_requests_total",
-    "HTTP requests by service, route, status code and consumer (prometheus plugin per_consumer)",
-    &["service", "route", "code", "consumer"]
-);
+/// `portcullis_http_requests_total` is one family whose series carry `consumer` only on routes
+/// where the prometheus plugin's `per_consumer` is on (SPEC §6: "and `consumer` when enabled").
+/// A registry fixes one label set per name, so the two label sets live in two unregistered vecs
+/// that one collector serves as a single family. Series from the two vecs never collide: those of
+/// `HTTP_REQUESTS_BY_CONSUMER` always have a non-empty consumer, and a request counts in exactly
+/// one of them. Dashboards summing by `service`/`route`/`code` see every request either way.
+const HTTP_REQUESTS_NAME: &str = "portcullis_http_requests_total";
+const HTTP_REQUESTS_HELP: &str =
+    "HTTP requests by service, route and status code (and consumer where per_consumer is on)";
+
+struct HttpRequestsFamily {
+    plain: IntCounterVec,
+    by_consumer: IntCounterVec,
+}
+
+impl Collector for HttpRequestsFamily {
+    fn desc(&self) -> Vec<&Desc> {
+        self.plain.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = self.plain.collect();
+        let extra = self
+            .by_consumer
+            .collect()
+            .into_iter()
+            .flat_map(|mut f| f.take_metric());
+        if let Some(family) = families.first_mut() {
+            family.mut_metric().extend(extra);
+        }
+        families
+    }
+}
+
+static HTTP_REQUESTS_VECS: Lazy<(IntCounterVec, IntCounterVec)> = Lazy::new(|| {
+    let vec = |labels: &[&str]| {
+        IntCounterVec::new(Opts::new(HTTP_REQUESTS_NAME, HTTP_REQUESTS_HELP), labels)
+            .expect("valid metric options")
+    };
+    let plain = vec(&["service", "route", "code"]);
+    let by_consumer = vec(&["service", "route", "code", "consumer"]);
+    prometheus::register(Box::new(HttpRequestsFamily {
+        plain: plain.clone(),
+        by_consumer: by_consumer.clone(),
+    }))
+    .expect("metric portcullis_http_requests_total registers once");
+    (plain, by_consumer)
+});
+
+/// `portcullis_http_requests_total{service,route,code}`.
+pub static HTTP_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| HTTP_REQUESTS_VECS.0.clone());
+
+/// `portcullis_http_requests_total{service,route,code,consumer}` (same family as
+/// [`HTTP_REQUESTS`]); only for requests with an identified consumer on `per_consumer` routes.
+pub static HTTP_REQUESTS_BY_CONSUMER: Lazy<IntCounterVec> =
+    Lazy::new(|| HTTP_REQUESTS_VECS.1.clone());
+
 metric!(
     BANDWIDTH,
     IntCounterVec,

@@ -625,23 +625,27 @@ impl ProxyHttp for GatewayProxy {
             Some(route) => {
                 let m = &route.metrics;
                 if route.flags.status_code {
-                    m.request(status);
-                }
-                if route.flags.per_consumer {
+                    // One family, counted once: with `per_consumer` an identified consumer adds
+                    // the `consumer` label (formatted per request: consumers are unbounded);
+                    // everything else uses the route's precomputed handles.
                     let consumer = ctx
                         .plugin
                         .consumer
                         .as_ref()
-                        .map(|c| c.username.clone().unwrap_or_else(|| c.id.clone()))
-                        .unwrap_or_default();
-                    metrics::HTTP_REQUESTS_BY_CONSUMER
-                        .with_label_values(&[
-                            &*route.route.service.name,
-                            &*route.route.name,
-                            &status.to_string(),
-                            &consumer,
-                        ])
-                        .inc();
+                        .filter(|_| route.flags.per_consumer)
+                        .map(|c| c.username.as_deref().unwrap_or(&c.id))
+                        .filter(|c| !c.is_empty());
+                    match consumer {
+                        Some(consumer) => metrics::HTTP_REQUESTS_BY_CONSUMER
+                            .with_label_values(&[
+                                &*route.route.service.name,
+                                &*route.route.name,
+                                &status.to_string(),
+                                consumer,
+                            ])
+                            .inc(),
+                        None => m.request(status),
+                    }
                 }
                 if route.flags.latency {
                     m.duration().observe(elapsed);
