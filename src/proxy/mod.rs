@@ -269,6 +269,14 @@ impl ProxyHttp for GatewayProxy {
         let svc = &route.service;
         let s = &svc.service;
         ctx.tries += 1;
+        if let (Some(b), Some(prev)) = (&svc.balancer, ctx.current_target.take()) {
+            // A retry Pingora decided itself (a pooled connection found dead) skips
+            // fail_to_connect: release the previous attempt's slot, or least-connections would
+            // count it forever.
+            b.targets[prev]
+                .active_connections
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         let addr = if let Some(b) = &svc.balancer {
             let client_ip = ctx.plugin.client_ip.map(|ip| match ip {
                 IpAddr::V4(v4) => v4.octets().to_vec(),

@@ -13,6 +13,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+const HEALTH_STATES: [&str; 4] = ["healthy", "unhealthy", "dns_error", "healthchecks_off"];
+
 pub struct TargetState {
     pub host: String,
     pub port: u16,
@@ -58,6 +60,32 @@ pub struct Balancer {
     pub probe_tls: Option<Arc<TlsProfile>>,
 }
 
+/// The TLS profile https probes use: the service's (CAs, client certificate, depth, server
+/// name), always with a verifying store so `https_verify_certificate` can be honoured even when
+/// the service itself has `tls_verify: false`.
+fn probe_profile(config: &Config, upstream: &Upstream) -> Option<TlsProfile> {
+    let s = config
+        .services
+        .iter()
+        .find(|s| s.host == upstream.name && s.protocol.is_tls())?;
+    let tls = &s.tls;
+    let verifying = crate::config::model::UpstreamTls {
+        verify: true,
+        verify_depth: tls.verify_depth,
+        ca_certificates: tls.ca_certificates.clone(),
+        client_certificate: tls.client_certificate.clone(),
+        server_name: tls.server_name.clone(),
+        group_key: tls.group_key,
+    };
+    match crate::tls::upstream::build_profile(&verifying) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(upstream = %upstream.name, error = %e, "https health check TLS profile");
+            None
+        }
+    }
+}
+
 fn hash64(data: &[u8]) -> u64 {
     // FNV-1a: stable across processes, so every replica maps a key to the same target.
     let mut h: u64 = 0xcbf29ce484222325;
@@ -65,14 +93,26 @@ fn hash64(data: &[u8]) -> u64 {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x100000001b3);
     }
+    // FNV-1a leaves the high bits nearly untouched by the last bytes, and keys and ring points
+    // differ mostly there ("tenant-1", "127.0.0.1:8080#3"): without this finalizer
+    // (MurmurHash3's fmix64) every key landed on the same target.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+    h ^= h >> 33;
     h
 }
 
 fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
-    (host, port)
+    let mut addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map(|a| a.collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // IPv4 first, as Kong's default dns_order (A before AAAA): `localhost` often resolves to
+    // ::1 first while the target listens on 127.0.0.1 only.
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs
 }
 
 impl Balancer {
@@ -275,7 +315,7 @@ impl Balancer {
             } else {
                 "unhealthy"
             };
-            for state in ["healthy", "unhealthy", "dns_error", "healthchecks_off"] {
+            for state in HEALTH_STATES {
                 metrics::TARGET_HEALTH
                     .with_label_values(&[&self.upstream.name, &t.label, state])
                     .set(i64::from(state == current));
@@ -294,18 +334,18 @@ impl BalancerSet {
     pub fn build(config: &Config, previous: Option<&BalancerSet>) -> BalancerSet {
         let mut map = HashMap::new();
         for u in &config.upstreams {
-            let probe_tls = config
-                .services
-                .iter()
-                .find(|s| s.host == u.name && s.protocol.is_tls())
-                .and_then(|s| crate::tls::upstream::build_profile(&s.tls).ok())
-                .map(Arc::new);
+            let probe_tls = probe_profile(config, u).map(Arc::new);
+            let probe_key = probe_tls.as_ref().map(|p| p.group_key);
+            // Health state survives a reload only when nothing the balancer uses changed,
+            // including what probes trust and present (a CA fixed by a reload must be used).
             let reuse = previous.and_then(|p| p.map.get(&u.name)).filter(|old| {
                 old.upstream.targets == u.targets
                     && old.upstream.algorithm == u.algorithm
                     && old.upstream.hash_on == u.hash_on
+                    && old.upstream.host_header == u.host_header
                     && old.upstream.active == u.active
                     && old.upstream.passive == u.passive
+                    && old.probe_tls.as_ref().map(|p| p.group_key) == probe_key
             });
             let b = match reuse {
                 Some(old) => old.clone(),
@@ -316,6 +356,25 @@ impl BalancerSet {
                 }
             };
             map.insert(u.name.clone(), b);
+        }
+        // Targets (or upstreams) gone from the configuration must not keep exporting their last
+        // state forever.
+        if let Some(prev) = previous {
+            for old in prev.map.values() {
+                let kept = map.get(&old.upstream.name);
+                for t in &old.targets {
+                    let still = kept.is_some_and(|b| b.targets.iter().any(|n| n.label == t.label));
+                    if !still {
+                        for state in HEALTH_STATES {
+                            let _ = metrics::TARGET_HEALTH.remove_label_values(&[
+                                &old.upstream.name,
+                                &t.label,
+                                state,
+                            ]);
+                        }
+                    }
+                }
+            }
         }
         BalancerSet { map }
     }
