@@ -498,3 +498,39 @@ fn kong_yml_loads_unchanged_and_serves() {
     assert_eq!(r.status, 200, "{r:#?}");
     assert_eq!(gw.status()["counts"]["routes"], 3);
 }
+
+#[test]
+fn out_of_range_and_mistyped_values_point_at_the_value() {
+    let out = check_yaml(
+        "services:\n- name: a\n  host: 127.0.0.1\n  port: 99999\n  protocol: https\n  tls_verify_depth: -1\n  retries: many\n",
+    );
+    assert_error(&out, "conf/gateway.yaml:4:9: services[0].port: ", "99999");
+    assert_error(
+        &out,
+        "conf/gateway.yaml:6:21: services[0].tls_verify_depth: ",
+        "",
+    );
+    assert_error(&out, "conf/gateway.yaml:7:12: services[0].retries: ", "");
+}
+
+#[test]
+fn an_sni_claimed_by_two_certificates_is_an_error() {
+    let pki = Pki::new();
+    let a = pki.server_leaf("a", &["DNS:a.example.com"]);
+    let b = pki.server_leaf("b", &["DNS:a.example.com"]);
+    let conf = ConfDir::new()
+        .with("certs/a.crt", &a.chain_pem)
+        .with("certs/a.key", &a.key_pem)
+        .with("certs/b.crt", &b.chain_pem)
+        .with("certs/b.key", &b.key_pem)
+        .with(
+            "gateway.yaml",
+            "certificates:\n- name: a\n  cert_file: certs/a.crt\n  key_file: certs/a.key\n  snis: [a.example.com]\n- name: b\n  cert_file: certs/b.crt\n  key_file: certs/b.key\n  snis: [a.example.com]\n",
+        );
+    let out = check(&conf);
+    assert_error(
+        &out,
+        "conf/gateway.yaml:9:10: certificates[1].snis[0]: ",
+        "a.example.com",
+    );
+}

@@ -678,3 +678,125 @@ services:
         "the public route took a path outside its prefix"
     );
 }
+
+#[test]
+fn encoded_paths_match_like_their_decoded_form() {
+    // A catch-all route next to a guarded prefix: `/%61dmin` and `/x/../admin` are `/admin` to
+    // the upstream, so they must not be matched by the catch-all.
+    let open = HttpEcho::start("open");
+    let guarded = HttpEcho::start("guarded");
+    let gw = Gateway::start(&format!(
+        r#"
+services:
+- name: open
+  url: {open}
+  routes:
+  - name: open
+    paths: [/]
+    strip_path: false
+- name: guarded
+  url: {guarded}
+  routes:
+  - name: guarded
+    paths: [/admin]
+    strip_path: false
+"#,
+        open = open.url(),
+        guarded = guarded.url(),
+    ));
+    assert_eq!(served_by(&get(&gw, "h.test", "/admin/x")), "guarded");
+    for path in [
+        "/%61dmin/x",
+        "/%61%64%6d%69%6e/x",
+        "/x/../admin/x",
+        "/./admin/x",
+    ] {
+        let r = Curl::at("http", "h.test", gw.http_port(), path)
+            .arg("--path-as-is")
+            .run();
+        let by = if r.status == 200 {
+            r.json()["server"].as_str().unwrap_or("").to_string()
+        } else {
+            String::new()
+        };
+        assert!(
+            (400..500).contains(&r.status) || by == "guarded",
+            "{path}: answered {} by {by:?}; the catch-all must not take a path that means /admin",
+            r.status
+        );
+    }
+    assert_eq!(open.requests(), 0);
+}
+
+#[test]
+fn https_redirect_status_codes() {
+    let echo = HttpEcho::start("echo");
+    let gw = Gateway::start(&format!(
+        r#"
+services:
+- name: s
+  url: {u}
+  routes:
+  - name: moved
+    paths: [/moved]
+    protocols: [https]
+    https_redirect_status_code: 301
+  - name: temporary
+    paths: [/temporary]
+    protocols: [https]
+    https_redirect_status_code: 307
+"#,
+        u = echo.url()
+    ));
+    for (path, code) in [("/moved/a?q=1", 301u16), ("/temporary/a?q=1", 307)] {
+        let r = get(&gw, "redirect.example.com", path);
+        assert_eq!(r.status, code, "{r:#?}");
+        let loc = r.header("location").unwrap_or("");
+        let rest = loc
+            .strip_prefix("https://redirect.example.com")
+            .unwrap_or_else(|| panic!("Location {loc:?} is not https on the same host"));
+        let rest = match rest.strip_prefix(':') {
+            Some(p) => p.trim_start_matches(|c: char| c.is_ascii_digit()),
+            None => rest,
+        };
+        assert_eq!(rest, path, "Location {loc:?} must keep the path and query");
+        assert!(r.header("x-request-id").is_some());
+    }
+    assert_eq!(echo.requests(), 0);
+}
+
+#[test]
+fn https_only_426_carries_upgrade_header() {
+    let echo = HttpEcho::start("echo");
+    let gw = Gateway::start(&format!(
+        "services:\n- name: s\n  url: {}\n  routes:\n  - name: upgrade\n    paths: [/upgrade]\n    protocols: [https]\n",
+        echo.url()
+    ));
+    let r = get(&gw, "redirect.example.com", "/upgrade");
+    assert_error_body(&r, 426, "Please use HTTPS protocol");
+    // RFC 9110 §15.5.22: a server sending 426 MUST send an Upgrade header (Kong sends
+    // `Upgrade: TLS/1.2, HTTP/1.1` with `Connection: Upgrade`).
+    assert!(
+        r.header("upgrade").is_some_and(|u| u.contains("TLS")),
+        "426 without an Upgrade header: {:?}",
+        r.headers
+    );
+}
+
+#[test]
+fn large_upload_with_expect_continue() {
+    let echo = HttpEcho::start("echo");
+    let gw = Gateway::start(&format!(
+        "services:\n- name: s\n  url: {}\n  routes:\n  - name: r\n    paths: [/]\n",
+        echo.url()
+    ));
+    let body = vec![b'z'; 3 * 1024 * 1024];
+    let t = Instant::now();
+    let r = Curl::at("http", "h.test", gw.http_port(), "/big")
+        .header("Expect: 100-continue")
+        .data(&body)
+        .run();
+    assert_eq!(r.status, 200, "{r:#?}");
+    assert_eq!(r.json()["body_len"], 3 * 1024 * 1024);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
