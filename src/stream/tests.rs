@@ -233,6 +233,7 @@ async fn ssl_request_is_answered_and_repeated_upstream() {
     assert_eq!(&answer, b"S");
     client.write_all(&flight).await.unwrap();
     assert_eq!(read_all(&mut client).await, b"tls from server");
+    client.shutdown().await.unwrap();
     server.await.unwrap();
     let log = logs.recv().await.unwrap();
     assert!(log.postgres);
