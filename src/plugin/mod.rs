@@ -16,6 +16,7 @@ pub fn registry() -> Vec<Box<dyn PluginFactory>> {
         Box::new(portcullis_mtls_auth::Factory),
         Box::new(portcullis_acl::Factory),
         Box::new(portcullis_request_termination::Factory),
+        Box::new(hello_header::Factory),
     ]
 }
 
@@ -41,7 +42,9 @@ impl RoutePlugins {
 }
 
 /// Specificity of an instance for (route, service, consumer); None when it does not apply.
-/// Kong: route+consumer > service+consumer > consumer > route > service > global.
+/// Kong's precedence, every combination distinct so two instances that apply never tie (a tie
+/// would let file order pick the winner): consumer+route+service > consumer+route >
+/// consumer+service > route+service > consumer > route > service > global.
 fn rank(p: &PluginInstance, route: &Route, consumer: Option<&str>) -> Option<u8> {
     let s = &p.scope;
     if let Some(r) = &s.route {
@@ -60,12 +63,14 @@ fn rank(p: &PluginInstance, route: &Route, consumer: Option<&str>) -> Option<u8>
         }
     }
     Some(
-        match (s.route.is_some(), s.service.is_some(), s.consumer.is_some()) {
-            (true, _, true) => 6,
+        match (s.consumer.is_some(), s.route.is_some(), s.service.is_some()) {
+            (true, true, true) => 8,
+            (true, true, false) => 7,
+            (true, false, true) => 6,
             (false, true, true) => 5,
-            (false, false, true) => 4,
-            (true, _, false) => 3,
-            (false, true, false) => 2,
+            (true, false, false) => 4,
+            (false, true, false) => 3,
+            (false, false, true) => 2,
             (false, false, false) => 1,
         },
     )
