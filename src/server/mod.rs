@@ -132,6 +132,14 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
             tls.set_min_proto_version(Some(pingora::tls::ssl::SslVersion::TLS1_2))?;
             svc.add_tls_with_settings(&l.address, None, tls);
         } else {
+            // h2c with prior knowledge on plaintext listeners (gRPC without TLS, as Kong's
+            // `http2` listen flag): Pingora peeks for the HTTP/2 preface and falls back to
+            // HTTP/1.1 when it is absent.
+            if let Some(app) = svc.app_logic_mut() {
+                let mut options = pingora::apps::HttpServerOptions::default();
+                options.h2c = true;
+                app.server_options = Some(options);
+            }
             svc.add_tcp(&l.address);
         }
         server.add_service(svc);
