@@ -534,3 +534,56 @@ fn an_sni_claimed_by_two_certificates_is_an_error() {
         "a.example.com",
     );
 }
+
+#[test]
+fn two_listeners_on_one_address_is_an_error() {
+    // Pingora hands both services the same socket; the process then aborts on shutdown
+    // ("IO Safety violation"). The contract: refused at load, located.
+    let out = check_yaml(
+        "listeners:\n  proxy:\n    - address: 127.0.0.1:18000\n  status:\n    address: 127.0.0.1:18000\n",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:5:14: listeners.status.address: ",
+        "127.0.0.1:18000",
+    );
+    let out = check_yaml(
+        "listeners:\n  proxy:\n    - address: 127.0.0.1:18000\n    - address: 127.0.0.1:18000\n      tls: true\n",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:4:16: listeners.proxy[1].address: ",
+        "127.0.0.1:18000",
+    );
+}
+
+#[test]
+fn run_fails_fast_when_a_listener_address_is_taken() {
+    // Another process holds the proxy port: the gateway must not report ready, and must exit
+    // non-zero naming the address (as nginx/Kong do), not keep running without its listener.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let ports = Ports::new();
+    let settings = format!(
+        "listeners:\n  proxy:\n    - address: 127.0.0.1:{port}\n  status:\n    address: 127.0.0.1:{}\n",
+        ports.status
+    );
+    let result = Gateway::builder()
+        .no_settings()
+        .file("gateway.yaml", settings)
+        .try_start_on(ports.status);
+    match result {
+        Ok(gw) => panic!(
+            "gateway reported ready although its proxy address 127.0.0.1:{port} is taken:\n{}",
+            gw.log()
+        ),
+        Err(e) => {
+            assert!(
+                matches!(e.exit_code, Some(c) if c != 0),
+                "gateway must exit non-zero, not hang: {e}"
+            );
+            assert!(e.log.contains(&format!("127.0.0.1:{port}")), "{e}");
+        }
+    }
+    drop(taken);
+}

@@ -65,8 +65,11 @@ pub fn raw_exchange(port: u16, bytes: &[u8], timeout: Duration) -> std::io::Resu
     let mut s = TcpStream::connect_timeout(&super::upstream::local(port), timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    // The server may answer (e.g. 400) and close before it read everything: keep its answer.
-    let write_err = s.write_all(bytes).err();
+    // Written from another thread: a server that answers (e.g. 400) and stops reading before
+    // it has everything must not leave us blocked in write until the timeout.
+    let mut writer = s.try_clone()?;
+    let data = bytes.to_vec();
+    let writing = std::thread::spawn(move || writer.write_all(&data).err());
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -76,11 +79,15 @@ pub fn raw_exchange(port: u16, bytes: &[u8], timeout: Duration) -> std::io::Resu
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if out.is_empty() => return Err(write_err.unwrap_or(e)),
             Err(_) => break,
         }
     }
-    Ok(out)
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let write_err = writing.join().ok().flatten();
+    match write_err {
+        Some(e) if out.is_empty() => Err(e),
+        _ => Ok(out),
+    }
 }
 
 fn response_complete(buf: &[u8]) -> bool {

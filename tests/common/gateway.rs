@@ -163,6 +163,14 @@ impl GatewayBuilder {
 
     /// Starts and waits for readiness; `Err` carries the exit status and the log.
     pub fn try_start(self) -> Result<Gateway, StartError> {
+        let status = self.ports.status;
+        self.try_start_on(status)
+    }
+
+    /// Like [`GatewayBuilder::try_start`] for a test that wrote its own `listeners`: readiness
+    /// is polled on `status_port`.
+    pub fn try_start_on(mut self, status_port: u16) -> Result<Gateway, StartError> {
+        self.ports.status = status_port;
         if self.settings {
             self.conf
                 .write(SETTINGS_FILE, self.ports.settings_yaml(self.stream));
