@@ -5,22 +5,58 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-fn default_url(conf: &Path) -> String {
-    let addr = crate::config::load(conf)
-        .ok()
-        .and_then(|(c, _)| c.listeners.status.clone())
-        .unwrap_or_else(|| "127.0.0.1:8100".to_string());
+/// Where the status listener of the conf dir listens, read straight from the YAML
+/// (`listeners.status.address`, default `0.0.0.0:8100` when no file has `listeners`) without
+/// validating anything else: the health check must find a running gateway even while the conf
+/// dir holds an edit that gateway refused (it keeps serving the previous configuration). `None`
+/// when `listeners` exists without a status listener.
+fn status_address(conf: &Path) -> Option<String> {
+    let files = crate::config::conf_files(conf).unwrap_or_default();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let name: Arc<str> = Arc::from(f.display().to_string());
+        let Ok(doc) = crate::config::yaml::parse(&name, &text) else {
+            continue;
+        };
+        // `listeners` may appear in one file only.
+        if let Some(listeners) = doc.get("listeners") {
+            return listeners
+                .get("status")
+                .and_then(|s| s.get("address"))
+                .and_then(|a| a.as_str())
+                .map(str::to_string);
+        }
+    }
+    Some("0.0.0.0:8100".to_string())
+}
+
+fn default_url(conf: &Path) -> Result<String, String> {
+    let addr = status_address(conf).ok_or_else(|| {
+        format!(
+            "{}: no status listener configured (listeners.status)",
+            conf.display()
+        )
+    })?;
     // A wildcard bind address is reached through loopback.
     let addr = addr
         .replace("0.0.0.0:", "127.0.0.1:")
         .replace("[::]:", "[::1]:");
-    format!("http://{addr}/status")
+    Ok(format!("http://{addr}/status"))
 }
 
 pub fn run(url: Option<String>, conf: &Path) -> ExitCode {
-    let url = url.unwrap_or_else(|| default_url(conf));
+    let url = match url.map(Ok).unwrap_or_else(|| default_url(conf)) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("not ready: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match probe(&url) {
         Ok(()) => {
             println!("ready: {url}");
@@ -50,11 +86,9 @@ fn probe(url: &str) -> Result<(), String> {
         TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(3)))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    // One write: a request split over several segments may meet a server that answers early.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&buf);
