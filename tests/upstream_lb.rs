@@ -1034,3 +1034,72 @@ upstreams:
     let r = Curl::at("http", "lb.test", gw.http_port(), "/tls").run();
     assert_eq!(r.status, 200, "{r:?} {}", r.text());
 }
+
+#[test]
+fn timeouts_eject_a_slow_target_passively_and_actively() {
+    let a = HttpEcho::start("a");
+    let b = HttpEcho::start("b");
+    let c_echo = HttpEcho::start("c");
+    let d = HttpEcho::start("d");
+    let yaml = format!(
+        "upstreams:
+- name: slow-passive
+  healthchecks:
+    passive:
+      unhealthy:
+        timeouts: 1
+  targets:
+{}{}- name: slow-active
+  healthchecks:
+    active:
+      type: http
+      http_path: /
+      timeout: 0.3
+      healthy:
+        interval: 0.2
+        successes: 1
+      unhealthy:
+        interval: 0.2
+        timeouts: 2
+  targets:
+{}{}services:
+{}{}",
+        target(&a.addr(), 100),
+        target(&b.addr(), 100),
+        target(&c_echo.addr(), 100),
+        target(&d.addr(), 100),
+        service("sp", "http", "slow-passive", "read_timeout: 300"),
+        service("sa", "http", "slow-active", "read_timeout: 300"),
+    );
+    let gw = Gateway::start(&yaml);
+    let mut c = Client::new(gw.http_port());
+
+    // Passive: the one request that times out on b gets Kong's 504; b is out after it.
+    b.set_delay(Duration::from_secs(2));
+    let mut timed_out = 0;
+    for _ in 0..4 {
+        let hit = c.get("/sp", &[]);
+        match hit.status {
+            200 => assert_eq!(hit.server.as_deref(), Some("a"), "{hit:?}"),
+            504 => {
+                assert!(
+                    hit.body.contains("The upstream server is timing out"),
+                    "{hit:?}"
+                );
+                timed_out += 1;
+            }
+            _ => panic!("{hit:?}"),
+        }
+    }
+    assert_eq!(timed_out, 1, "only the first request to b may time out");
+    assert_state(&gw, "slow-passive", &b.addr(), "unhealthy");
+    assert_eq!(all_ok(&mut c, "/sp", 10).get("a"), Some(&10));
+
+    // Active: probes that get no answer within `timeout` count as timeouts.
+    d.set_delay(Duration::from_secs(2));
+    wait_state(&gw, "slow-active", &d.addr(), "unhealthy");
+    assert_state(&gw, "slow-active", &c_echo.addr(), "healthy");
+    assert_eq!(all_ok(&mut c, "/sa", 10).get("c"), Some(&10));
+    d.set_delay(Duration::ZERO);
+    wait_state(&gw, "slow-active", &d.addr(), "healthy");
+}
