@@ -651,9 +651,8 @@ pub fn validate(
     let mut plugins = Vec::new();
     let mut seen_scopes: Vec<(String, Scope, Loc)> = Vec::new();
     for (p, scope) in plugin_raws {
-        if !p.enabled {
-            continue;
-        }
+        // A disabled instance is still validated (as Kong does): enabling it later must not
+        // surface errors that were there all along.
         let Some(factory) = registry.iter().find(|f| f.name() == p.name.v) else {
             let known: Vec<&str> = registry.iter().map(|f| f.name()).collect();
             d.err(
@@ -667,7 +666,9 @@ pub fn validate(
             );
             continue;
         };
-        if let Some((_, _, at)) = seen_scopes
+        if !p.enabled {
+            // Validated below, never applied, and no competitor for its scope.
+        } else if let Some((_, _, at)) = seen_scopes
             .iter()
             .find(|(n, s, _)| n == &p.name.v && s == &scope)
         {
@@ -681,7 +682,9 @@ pub fn validate(
             );
             continue;
         }
-        seen_scopes.push((p.name.v.clone(), scope.clone(), p.loc.clone()));
+        if p.enabled {
+            seen_scopes.push((p.name.v.clone(), scope.clone(), p.loc.clone()));
+        }
         let config_json = p
             .config
             .as_ref()
@@ -690,6 +693,7 @@ pub fn validate(
         // Files a plugin config names (`crl_file`) are watched for reloads too.
         collect_files(&config_json, dir, &mut files);
         match factory.build(&config_json, &build_ctx) {
+            Ok(_) if !p.enabled => {}
             Ok(plugin) => plugins.push(PluginInstance {
                 name: p.name.v.clone(),
                 scope,
@@ -700,7 +704,13 @@ pub fn validate(
                 for e in errs {
                     let (loc, path) = match &p.config {
                         Some(node) => {
-                            let n = node.locate(&e.path);
+                            // An unknown field is pointed at by its key, like entity fields.
+                            let n = if e.message.starts_with("unknown field") {
+                                node.locate_key(&e.path)
+                                    .unwrap_or_else(|| node.locate(&e.path))
+                            } else {
+                                node.locate(&e.path)
+                            };
                             let path = if e.path.is_empty() {
                                 format!("{}.config", p.path)
                             } else {

@@ -91,6 +91,27 @@ impl Node {
         }
     }
 
+    /// The key node of the last segment of `path` when it names a mapping entry.
+    pub fn locate_key(&self, path: &str) -> Option<&Node> {
+        let (parent, last) = match path.rfind(['.', '[']) {
+            Some(i) if path.as_bytes()[i] == b'.' => (&path[..i], &path[i + 1..]),
+            Some(_) => return None,
+            None => ("", path),
+        };
+        let parent = if parent.is_empty() {
+            self
+        } else {
+            self.locate(parent)
+        };
+        match &parent.kind {
+            Kind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(last))
+                .map(|(k, _)| k),
+            _ => None,
+        }
+    }
+
     /// The node a plugin-relative path like `allow[1]` or `a.b` points at, for error locations;
     /// the deepest existing node when the path runs off the tree (a missing field).
     pub fn locate(&self, path: &str) -> &Node {

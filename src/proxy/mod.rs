@@ -5,7 +5,7 @@ pub mod respond;
 
 use crate::config::model::Protocol;
 use crate::metrics;
-use crate::routing::{upstream_path, RequestInfo};
+use crate::routing::{normalize_path, upstream_path, RequestInfo};
 use crate::runtime::{RouteRt, Runtime, Shared};
 use crate::tls::upstream::{handshake_hook, UpstreamVerdict};
 use crate::tls::ConnInfo;
@@ -197,6 +197,34 @@ impl ProxyHttp for GatewayProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+
+        // Route (and forward) the normalised path, as Kong does: otherwise `/public/../private`
+        // would take the public route's plugins and reach /private upstream.
+        let rewritten = {
+            let uri = &session.req_header().uri;
+            match normalize_path(uri.path()) {
+                Ok(std::borrow::Cow::Borrowed(_)) => None,
+                Ok(std::borrow::Cow::Owned(p)) => Some(match uri.query() {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p,
+                }),
+                Err(_) => Some(String::new()),
+            }
+        };
+        match rewritten {
+            None => {}
+            Some(p) if p.is_empty() => {
+                respond::send(session, ctx, ResponseSpec::Error(ErrorKind::BadRequest)).await?;
+                return Ok(true);
+            }
+            Some(p) => match p.parse::<http::Uri>() {
+                Ok(u) => session.req_header_mut().set_uri(u),
+                Err(_) => {
+                    respond::send(session, ctx, ResponseSpec::Error(ErrorKind::BadRequest)).await?;
+                    return Ok(true);
+                }
+            },
+        }
 
         // Routing borrows the request; keep it in a block so nothing borrowed lives across an
         // await point.

@@ -127,7 +127,15 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, spec: ResponseSpec) -> R
                 k.status(),
                 super::json_body(k.message(), &rid),
                 "application/json; charset=utf-8".into(),
-                Vec::new(),
+                // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to (Kong sends these).
+                if k == ErrorKind::UseHttps {
+                    vec![
+                        ("upgrade".into(), "TLS/1.2, HTTP/1.1".into()),
+                        ("connection".into(), "Upgrade".into()),
+                    ]
+                } else {
+                    Vec::new()
+                },
             ),
             ResponseSpec::Redirect(code, location) => (
                 code,
@@ -153,6 +161,10 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, spec: ResponseSpec) -> R
             }
         };
     ctx.responded = Some(status);
+    // Kong runs the header phase on responses the gateway or a plugin answers itself too.
+    for p in &ctx.chain {
+        p.response_headers(status, &mut ctx.plugin);
+    }
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
     resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
