@@ -417,6 +417,7 @@ services:
         grpc_route("grpc-tls", "grpcs.test"),
     );
     let gw = Gateway::builder()
+        .with_h2c()
         .file("certs/root.crt", &pki.root.cert_pem)
         .file("gateway.yaml", yaml)
         .start();
@@ -491,6 +492,7 @@ services:
         grpc_route("grpc-tls", "grpcs.test"),
     );
     let gw = Gateway::builder()
+        .with_h2c()
         .file("certs/root.crt", &pki.root.cert_pem)
         .file("gateway.yaml", yaml)
         .start();

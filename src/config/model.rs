@@ -14,6 +14,9 @@ use std::time::Duration;
 pub struct ProxyListener {
     pub address: String,
     pub tls: bool,
+    /// TLS: offer h2 in ALPN (default on). Plaintext: accept h2c with prior knowledge (default
+    /// off: Pingora waits for 24 preface bytes before answering anything on such a listener).
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone)]

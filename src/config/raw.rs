@@ -383,6 +383,7 @@ pub struct RawListeners {
 pub struct RawProxyListener {
     pub address: V<String>,
     pub tls: bool,
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -676,8 +677,13 @@ fn read_listeners(n: &Node, p: &str, d: &mut Diags) -> Option<RawListeners> {
                 let address = l.str("address", d);
                 let address = required(&l, "address", address, d)?;
                 let tls = l.bool("tls", d).unwrap_or(false);
+                let http2 = l.bool("http2", d);
                 l.finish(d);
-                Some(RawProxyListener { address, tls })
+                Some(RawProxyListener {
+                    address,
+                    tls,
+                    http2,
+                })
             })
             .collect()
     });

@@ -844,6 +844,7 @@ fn build_listeners(doc: &RawDoc, d: &mut Diags) -> Listeners {
                 Some(ProxyListener {
                     address: check_address(&l.address, d)?,
                     tls: l.tls,
+                    http2: l.http2.unwrap_or(l.tls),
                 })
             })
             .collect(),
@@ -851,10 +852,12 @@ fn build_listeners(doc: &RawDoc, d: &mut Diags) -> Listeners {
             ProxyListener {
                 address: "0.0.0.0:8000".into(),
                 tls: false,
+                http2: false,
             },
             ProxyListener {
                 address: "0.0.0.0:8443".into(),
                 tls: true,
+                http2: true,
             },
         ],
     };

@@ -128,17 +128,22 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
             let mut tls = TlsSettings::with_callbacks(Box::new(Acceptor {
                 shared: shared.clone(),
             }))?;
-            tls.enable_h2();
+            if l.http2 {
+                tls.enable_h2();
+            }
             tls.set_min_proto_version(Some(pingora::tls::ssl::SslVersion::TLS1_2))?;
             svc.add_tls_with_settings(&l.address, None, tls);
         } else {
-            // h2c with prior knowledge on plaintext listeners (gRPC without TLS, as Kong's
-            // `http2` listen flag): Pingora peeks for the HTTP/2 preface and falls back to
-            // HTTP/1.1 when it is absent.
-            if let Some(app) = svc.app_logic_mut() {
-                let mut options = pingora::apps::HttpServerOptions::default();
-                options.h2c = true;
-                app.server_options = Some(options);
+            // h2c with prior knowledge on plaintext listeners that ask for it (`http2: true`,
+            // Kong's `http2` listen flag; gRPC without TLS): Pingora peeks for the HTTP/2
+            // preface and falls back to HTTP/1.1. Opt-in, because that peek waits for 24 bytes
+            // with no time limit before answering anything.
+            if l.http2 {
+                if let Some(app) = svc.app_logic_mut() {
+                    let mut options = pingora::apps::HttpServerOptions::default();
+                    options.h2c = true;
+                    app.server_options = Some(options);
+                }
             }
             svc.add_tcp(&l.address);
         }

@@ -117,6 +117,7 @@ pub struct GatewayBuilder {
     ports: Ports,
     settings: bool,
     stream: bool,
+    h2c: bool,
     env: Vec<(String, String)>,
     args: Vec<String>,
 }
@@ -136,6 +137,11 @@ impl GatewayBuilder {
     /// Also open the stream (passthrough) listener on `ports().stream`.
     pub fn with_stream(mut self) -> GatewayBuilder {
         self.stream = true;
+        self
+    }
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plaintext proxy listener (`http2: true`).
+    pub fn with_h2c(mut self) -> GatewayBuilder {
+        self.h2c = true;
         self
     }
     /// Do not write the settings file: the test's own files carry `listeners`.
@@ -172,8 +178,12 @@ impl GatewayBuilder {
     pub fn try_start_on(mut self, status_port: u16) -> Result<Gateway, StartError> {
         self.ports.status = status_port;
         if self.settings {
-            self.conf
-                .write(SETTINGS_FILE, self.ports.settings_yaml(self.stream));
+            let mut settings = self.ports.settings_yaml(self.stream);
+            if self.h2c {
+                let plain = format!("    - address: 127.0.0.1:{}\n", self.ports.http);
+                settings = settings.replacen(&plain, &format!("{plain}      http2: true\n"), 1);
+            }
+            self.conf.write(SETTINGS_FILE, settings);
         }
         let log_path = self.conf.root().join("gateway.log");
         let log = File::create(&log_path).expect("create gateway log");
@@ -257,6 +267,7 @@ impl Gateway {
             ports: Ports::new(),
             settings: true,
             stream: false,
+            h2c: false,
             env: Vec::new(),
             args: Vec::new(),
         }
