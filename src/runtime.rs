@@ -187,8 +187,13 @@ pub fn compile(
             None
         };
         let host = crate::proxy::host_with_port(&s.host, s.port, s.protocol);
-        let host_header = http::HeaderValue::from_str(&host)
-            .map_err(|_| anyhow::anyhow!("service {}: host {:?} is not a valid Host header", s.name, host))?;
+        let host_header = http::HeaderValue::from_str(&host).map_err(|_| {
+            anyhow::anyhow!(
+                "service {}: host {:?} is not a valid Host header",
+                s.name,
+                host
+            )
+        })?;
         services.insert(
             s.id.clone(),
             Arc::new(ServiceRt {
@@ -249,38 +254,70 @@ pub fn compile(
     })
 }
 
-/// `portcullis_certificate_expiry_timestamp_seconds` for every certificate of the config; series
-/// of certificates that are gone are removed.
+/// `portcullis_certificate_expiry_timestamp_seconds` for every certificate of the config. Series
+/// are set first and stale ones removed after, so a scrape during a reload never sees a
+/// certificate missing (an alert on absent series would fire).
 pub fn update_cert_metrics(config: &Config) {
-    metrics::CERT_EXPIRY.reset();
+    static EXPORTED: std::sync::Mutex<Vec<[String; 3]>> = std::sync::Mutex::new(Vec::new());
+    let mut now: Vec<([String; 3], i64)> = Vec::new();
     let client_ids: Vec<&str> = config
         .services
         .iter()
         .filter_map(|s| s.tls.client_certificate.as_ref().map(|c| c.id.as_str()))
         .collect();
     for c in &config.certificates {
-        let kind = if client_ids.contains(&c.id.as_str()) && c.snis.is_empty() {
-            "client"
-        } else {
-            "server"
-        };
-        metrics::CERT_EXPIRY
-            .with_label_values(&[kind, c.display_name(), &c.subject])
-            .set(c.not_after);
+        let as_client = client_ids.contains(&c.id.as_str());
+        // A certificate can serve both roles; each role gets its series.
+        if !as_client
+            || !c.snis.is_empty()
+            || config
+                .default_certificate
+                .as_ref()
+                .is_some_and(|d| d.id == c.id)
+        {
+            now.push((
+                ["server".into(), c.display_name().into(), c.subject.clone()],
+                c.not_after,
+            ));
+        }
+        if as_client {
+            now.push((
+                ["client".into(), c.display_name().into(), c.subject.clone()],
+                c.not_after,
+            ));
+        }
     }
     for c in &config.ca_certificates {
         for (i, cert) in c.certs.iter().enumerate() {
-            let subject = crate::config::validate::subject_string(cert);
             let name = if i == 0 {
                 c.display_name().to_string()
             } else {
                 format!("{}#{i}", c.display_name())
             };
-            metrics::CERT_EXPIRY
-                .with_label_values(&["ca", &name, &subject])
-                .set(crate::config::validate::not_after_unix(cert));
+            now.push((
+                [
+                    "ca".into(),
+                    name,
+                    crate::config::validate::subject_string(cert),
+                ],
+                crate::config::validate::not_after_unix(cert),
+            ));
         }
     }
+    for (labels, value) in &now {
+        metrics::CERT_EXPIRY
+            .with_label_values(&[&labels[0], &labels[1], &labels[2]])
+            .set(*value);
+    }
+    let Ok(mut exported) = EXPORTED.lock() else {
+        return;
+    };
+    for old in exported.iter() {
+        if !now.iter().any(|(l, _)| l == old) {
+            let _ = metrics::CERT_EXPIRY.remove_label_values(&[&old[0], &old[1], &old[2]]);
+        }
+    }
+    *exported = now.into_iter().map(|(l, _)| l).collect();
 }
 
 pub fn scheme_default_port(p: Protocol) -> u16 {

@@ -181,7 +181,17 @@ fn claim_snis(
 fn check_wildcard(name: &V<String>, what: &str, d: &mut Diags) -> Option<String> {
     let n = name.v.trim().to_ascii_lowercase();
     let stars = n.matches('*').count();
-    let ok = !n.is_empty()
+    // Host-name characters only (IDNs in their xn-- form), labels of 1..=63, at most 253 in all.
+    let chars_ok = n.len() <= 253
+        && n.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                    || matches!(b, b'-' | b'.' | b'*' | b'_')
+                    // Kong allows `host:port` in route hosts.
+                    || (b == b':' && what == "host")
+        })
+        && n.split('.').all(|l| !l.is_empty() && l.len() <= 63);
+    let ok = chars_ok
+        && !n.is_empty()
         && (stars == 0
             || (stars == 1 && (n.starts_with("*.") || n.ends_with(".*")) && n.len() > 2));
     if !ok {
@@ -228,7 +238,7 @@ pub fn validate(
                 d.err(
                     &loc,
                     &path,
-                    "no PEM certificate could be read (expected -----BEGIN CERTIFICATE-----)",
+                    "no certificate could be read (expected one or more PEM certificates)",
                 );
                 continue;
             }
@@ -292,10 +302,10 @@ pub fn validate(
                     Ok(c) if !c.is_empty() => Some(c),
                     _ => {
                         d.err(
-                    &cloc,
-                    &cpath,
-                    "no PEM certificate could be read (expected -----BEGIN CERTIFICATE-----)",
-                );
+                            &cloc,
+                            &cpath,
+                            "no certificate could be read (expected one or more PEM certificates)",
+                        );
                         None
                     }
                 },
@@ -310,7 +320,7 @@ pub fn validate(
                 d.err(
                     &kloc,
                     &kpath,
-                    "no PEM private key could be read (expected an unencrypted -----BEGIN PRIVATE KEY----- or RSA/EC key)",
+                    "no private key could be read (expected an unencrypted PKCS#8, RSA or EC key in PEM armour)",
                 );
                 continue;
             }
@@ -835,6 +845,15 @@ fn check_address(a: &V<String>, d: &mut Diags) -> Option<String> {
     }
 }
 
+/// Same port on the same or a wildcard host.
+fn addresses_clash(a: &str, b: &str) -> bool {
+    let (Some((ha, pa)), Some((hb, pb))) = (a.rsplit_once(':'), b.rsplit_once(':')) else {
+        return a == b;
+    };
+    let wild = |h: &str| h == "0.0.0.0" || h == "[::]" || h == "::" || h.is_empty();
+    pa == pb && (ha == hb || wild(ha) || wild(hb))
+}
+
 fn build_listeners(doc: &RawDoc, d: &mut Diags) -> Listeners {
     let raw = doc.listeners.as_ref();
     let proxy = match raw.and_then(|l| l.proxy.as_ref()) {
@@ -882,6 +901,31 @@ fn build_listeners(doc: &RawDoc, d: &mut Diags) -> Listeners {
         Some(l) => l.status.as_ref().and_then(|a| check_address(a, d)),
         None => Some("0.0.0.0:8100".into()),
     };
+    if let Some(l) = raw {
+        // Two listeners on one address would share one socket inside Pingora.
+        let mut seen: Vec<&V<String>> = Vec::new();
+        let all = l
+            .proxy
+            .iter()
+            .flatten()
+            .map(|p| &p.address)
+            .chain(l.stream.iter().flatten().map(|s| &s.address))
+            .chain(l.status.iter());
+        for a in all {
+            if let Some(first) = seen.iter().find(|f| addresses_clash(&f.v, &a.v)) {
+                d.err(
+                    &a.loc,
+                    &a.path,
+                    format!(
+                        "address {} is already used by {} ({}): each listener needs its own port",
+                        a.v, first.path, first.loc
+                    ),
+                );
+            } else {
+                seen.push(a);
+            }
+        }
+    }
     Listeners {
         proxy,
         stream,

@@ -94,6 +94,24 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
         started: std::time::SystemTime::now(),
     });
 
+    if !upgrade {
+        // Pingora binds inside its service threads and a failure there would leave the process
+        // running without that listener; fail before starting anything instead. (With
+        // --upgrade the sockets come from the old process.)
+        let addrs = config
+            .listeners
+            .proxy
+            .iter()
+            .map(|l| l.address.as_str())
+            .chain(config.listeners.stream.iter().map(|l| l.address.as_str()))
+            .chain(config.listeners.status.iter().map(String::as_str));
+        for a in addrs {
+            if let Err(e) = std::net::TcpListener::bind(a) {
+                anyhow::bail!("cannot listen on {a}: {e}");
+            }
+        }
+    }
+
     let mut conf = ServerConf::default();
     let s = &config.server;
     conf.threads = s.threads;

@@ -1,47 +1,112 @@
 //! Live reconfiguration. The conf directory and every file the configuration references are
-//! polled for changes (content fingerprints, so Kubernetes' `..data` symlink swaps, editors'
-//! rename-over and in-place writes all count); SIGHUP forces a reload. A burst of writes is
-//! debounced; a half-written file fails validation and is simply retried on the next change.
-//! A new configuration is validated whole off the request path and swapped atomically.
+//! polled for changes (one `stat` per file: size, mtime, ctime, inode — so Kubernetes' `..data`
+//! symlink swaps, editors' rename-over and in-place writes all count); SIGHUP forces a reload.
+//! A burst of writes is debounced (but never postponed indefinitely); a half-written file fails
+//! validation and is simply retried on the next change. While the last attempt failed, the
+//! whole conf tree is watched too, so a file the rejected configuration references that appears
+//! later (YAML edited before the certificate was copied) triggers a retry. A new configuration
+//! is validated whole off the request path and swapped atomically.
 
 use super::Gateway;
 use crate::config;
 use crate::metrics::CONFIG_RELOADS;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const POLL: Duration = Duration::from_millis(250);
+/// Poll interval: proportional to the number of files watched (each costs one `stat`), so a
+/// small conf reacts fast and a conf with thousands of certificates stays cheap to watch.
+const POLL_PER_FILE: Duration = Duration::from_micros(100);
+const POLL_MIN: Duration = Duration::from_millis(100);
+const POLL_MAX: Duration = Duration::from_secs(1);
 /// Quiet time after the last observed change before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// A steady trickle of writes must not postpone a reload forever.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+/// Bounds of the conf tree walk done while the last attempt failed.
+const TREE_DEPTH: usize = 6;
+const TREE_FILES: usize = 20_000;
 
 static SIGHUP: AtomicBool = AtomicBool::new(false);
 
-/// Fingerprint of the conf dir's YAML files and every referenced file: path, size, mtime and
-/// the resolved target of symlinks.
-fn fingerprint(
-    dir: &Path,
-    files: &[PathBuf],
-) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>, Option<PathBuf>)> {
+/// What a `stat` (following symlinks) says about one file; `None` when it is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    dev: u64,
+}
+
+type Fingerprint = Vec<(PathBuf, Option<Stamp>)>;
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(p).ok()?;
+    Some(Stamp {
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        ino: m.ino(),
+        dev: m.dev(),
+    })
+}
+
+/// Fingerprint of the conf dir's YAML files, every referenced file and the `..data` link of
+/// Kubernetes volumes (a swap gives every file behind it a new inode, even with equal content
+/// sizes). With `tree`, every non-hidden file below the conf dir as well.
+fn fingerprint(dir: &Path, files: &[PathBuf], tree: bool) -> Fingerprint {
     let mut all: Vec<PathBuf> = config::conf_files(dir).unwrap_or_default();
     all.extend(files.iter().cloned());
-    // The ..data link of Kubernetes volumes: a swap changes its target even when sizes match.
     all.push(dir.join("..data"));
+    if tree {
+        walk(dir, 0, &mut all);
+    }
     all.sort();
     all.dedup();
     all.into_iter()
         .map(|p| {
-            let meta = std::fs::metadata(&p).ok();
-            let target = std::fs::canonicalize(&p).ok();
-            (
-                p,
-                meta.as_ref().map(|m| m.len()).unwrap_or(u64::MAX),
-                meta.and_then(|m| m.modified().ok()),
-                target,
-            )
+            let s = stamp(&p);
+            (p, s)
         })
         .collect()
+}
+
+/// Every file below `dir`, following symlinked directories (Kubernetes links `certs` to
+/// `..data/certs`), skipping hidden names; depth and count are bounded against link loops.
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    if depth > TREE_DEPTH {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if out.len() >= TREE_FILES {
+            return;
+        }
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => walk(&path, depth + 1, out),
+            Ok(_) => out.push(path),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Whether a file seen before a reload looked different right after it: it changed while the
+/// reload was reading, so what was applied may be older than what is on disk.
+fn changed_between(before: &Fingerprint, after: &Fingerprint) -> bool {
+    let before: HashMap<&PathBuf, &Option<Stamp>> = before.iter().map(|(p, s)| (p, s)).collect();
+    after
+        .iter()
+        .any(|(p, s)| before.get(p).is_some_and(|b| *b != s))
 }
 
 pub fn start(gw: Arc<Gateway>) {
@@ -81,30 +146,40 @@ fn spawn_sighup_listener() {
 }
 
 fn watch(gw: Arc<Gateway>) {
-    let mut seen = fingerprint(&gw.conf_dir, &gw.shared.load().config.files);
-    let mut changed_at: Option<Instant> = None;
+    let look = |failed: bool| fingerprint(&gw.conf_dir, &gw.shared.load().config.files, failed);
+    // Whether the last attempt was rejected: then the whole tree is watched.
+    let mut failed = false;
+    let mut seen = look(failed);
+    // (first, last) change observed and not yet applied.
+    let mut pending: Option<(Instant, Instant)> = None;
     loop {
-        std::thread::sleep(POLL);
-        if SIGHUP.swap(false, Ordering::SeqCst) {
-            tracing::info!("SIGHUP received: reloading configuration");
-            reload(&gw);
-            seen = fingerprint(&gw.conf_dir, &gw.shared.load().config.files);
-            changed_at = None;
-            continue;
-        }
-        let now = fingerprint(&gw.conf_dir, &gw.shared.load().config.files);
+        let files = u32::try_from(seen.len()).unwrap_or(u32::MAX);
+        std::thread::sleep((POLL_PER_FILE * files).clamp(POLL_MIN, POLL_MAX));
+        let hup = SIGHUP.swap(false, Ordering::SeqCst);
+        let now = look(failed);
         if now != seen {
             seen = now;
-            changed_at = Some(Instant::now());
+            let t = Instant::now();
+            pending = Some((pending.map_or(t, |(first, _)| first), t));
+        }
+        let due = hup
+            || pending.is_some_and(|(first, last)| {
+                last.elapsed() >= DEBOUNCE || first.elapsed() >= MAX_DELAY
+            });
+        if !due {
             continue;
         }
-        if let Some(t) = changed_at {
-            if t.elapsed() >= DEBOUNCE {
-                changed_at = None;
-                reload(&gw);
-                // The new config may reference other files: watch those from now on.
-                seen = fingerprint(&gw.conf_dir, &gw.shared.load().config.files);
-            }
+        if hup {
+            tracing::info!("SIGHUP received: reloading configuration");
+        }
+        pending = None;
+        let before = seen;
+        failed = !reload(&gw);
+        // The new config may reference other files: watch those from now on.
+        seen = look(failed);
+        if changed_between(&before, &seen) {
+            let t = Instant::now();
+            pending = Some((t, t));
         }
     }
 }
