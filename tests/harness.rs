@@ -288,6 +288,21 @@ fn https_echo_reports_sni_client_subject_and_handshakes() {
     assert_eq!(served.serial, pki.server.serial);
     assert_eq!(served.subject, "O=Portcullis Tests, CN=localhost");
     assert_eq!(served.chain_len, 2);
+
+    // The CLI agrees.
+    let cli = s_client(
+        echo.port(),
+        Some("kong.example"),
+        &[
+            "-cert",
+            &pki.bob.cert_path.display().to_string(),
+            "-key",
+            &pki.bob.key_path.display().to_string(),
+        ],
+    )
+    .expect("s_client");
+    assert_eq!(cli.serial, pki.server.serial);
+    assert_eq!(cli.chain_len, 2);
 }
 
 #[test]

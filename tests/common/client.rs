@@ -425,3 +425,43 @@ impl TlsProbe {
         })
     }
 }
+
+/// The real `openssl s_client` (for what the in-process probe cannot do, e.g.
+/// `-starttls postgres`): connects to 127.0.0.1:port with `-servername sni` when given plus
+/// `extra` arguments, and reports the leaf it printed. `Err` has s_client's output.
+#[allow(dead_code)]
+pub fn s_client(port: u16, sni: Option<&str>, extra: &[&str]) -> Result<Served, String> {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("s_client")
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-showcerts");
+    match sni {
+        Some(name) => cmd.arg("-servername").arg(name),
+        None => cmd.arg("-noservername"),
+    };
+    cmd.args(extra).stdin(std::process::Stdio::null());
+    let out = cmd
+        .output()
+        .map_err(|e| format!("run openssl s_client: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    let certs = openssl::x509::X509::stack_from_pem(text.as_bytes()).unwrap_or_default();
+    let leaf = certs
+        .first()
+        .ok_or_else(|| format!("no certificate:\n{all}"))?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_string()))
+    };
+    Ok(Served {
+        subject: dn_string(leaf.subject_name()),
+        serial: serial_hex(leaf),
+        issuer: dn_string(leaf.issuer_name()),
+        chain_len: certs.len(),
+        alpn: field("ALPN protocol:"),
+        version: field("Protocol  :")
+            .or_else(|| field("Protocol:"))
+            .unwrap_or_default(),
+    })
+}

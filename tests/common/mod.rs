@@ -13,7 +13,7 @@ pub mod pki;
 pub mod upstream;
 
 #[allow(unused_imports)]
-pub use client::{http_get, raw_exchange, raw_request, Curl, Response, Served, TlsProbe};
+pub use client::{http_get, raw_exchange, raw_request, s_client, Curl, Response, Served, TlsProbe};
 #[allow(unused_imports)]
 pub use gateway::{check, check_dir, CheckOutput, ConfDir, Gateway, GatewayBuilder, Ports};
 #[allow(unused_imports)]
