@@ -810,3 +810,34 @@ fn large_upload_with_expect_continue() {
     assert_eq!(r.json()["body_len"], 3 * 1024 * 1024);
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+#[test]
+fn oversized_headers_are_refused_with_431_and_never_forwarded() {
+    let echo = HttpEcho::start("echo");
+    let gw = Gateway::start(&format!(
+        "services:\n- name: s\n  url: {}\n  routes:\n  - name: r\n    paths: [/]\n",
+        echo.url()
+    ));
+    let big = "a".repeat(20 * 1024);
+    let r = Curl::at("http", "h.test", gw.http_port(), "/x")
+        .header(&format!("x-big: {big}"))
+        .run();
+    assert_error_body(&r, 431, "Request header fields too large");
+    // Many medium headers adding up past the total limit.
+    let mut c = Curl::at("http", "h.test", gw.http_port(), "/x");
+    let medium = "b".repeat(8 * 1024);
+    for i in 0..9 {
+        c = c.header(&format!("x-m{i}: {medium}"));
+    }
+    assert_eq!(c.run().status, 431);
+    assert_eq!(
+        echo.requests(),
+        0,
+        "an oversized request reached the upstream"
+    );
+    // Ordinary requests still pass.
+    let ok = Curl::at("http", "h.test", gw.http_port(), "/x")
+        .header(&format!("x-fine: {}", "c".repeat(4 * 1024)))
+        .run();
+    assert_eq!(ok.status, 200);
+}

@@ -28,6 +28,10 @@ use std::time::Instant;
 pub const NO_HEALTHY_TARGET: ErrorType = ErrorType::Custom("NoHealthyTarget");
 pub const UPSTREAM_TLS_REJECTED: ErrorType = ErrorType::Custom("UpstreamTlsRejected");
 
+/// Largest single header line and all headers together that a request may carry.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+const MAX_HEADERS_TOTAL_BYTES: usize = 64 * 1024;
+
 pub struct GatewayProxy {
     pub shared: Shared,
     /// Whether this listener terminates TLS (decides http vs https for routing).
@@ -165,6 +169,24 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_owned);
         ctx.plugin.request_id = rid.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+
+        // nginx (and so Kong) refuse headers beyond 4 × 8 KiB buffers; Pingora alone would take
+        // about 1 MiB and forward it. Refuse oversized headers before doing anything with them.
+        let (mut total, mut largest) = (0usize, 0usize);
+        for (n, v) in session.req_header().headers.iter() {
+            let len = n.as_str().len() + v.len();
+            total += len;
+            largest = largest.max(len);
+        }
+        if largest > MAX_HEADER_BYTES || total > MAX_HEADERS_TOTAL_BYTES {
+            respond::send(
+                session,
+                ctx,
+                ResponseSpec::Error(ErrorKind::HeadersTooLarge),
+            )
+            .await?;
+            return Ok(true);
+        }
 
         // Identity headers are the gateway's: drop what the client sent before any plugin runs.
         let spoofed: Vec<http::HeaderName> = session

@@ -16,6 +16,7 @@ pub enum ErrorKind {
     NoHealthyTarget,
     Timeout,
     BadRequest,
+    HeadersTooLarge,
     Internal,
 }
 
@@ -28,6 +29,7 @@ impl ErrorKind {
             ErrorKind::NoHealthyTarget => 503,
             ErrorKind::Timeout => 504,
             ErrorKind::BadRequest => 400,
+            ErrorKind::HeadersTooLarge => 431,
             ErrorKind::Internal => 500,
         }
     }
@@ -40,6 +42,7 @@ impl ErrorKind {
             ErrorKind::NoHealthyTarget => "failure to get a peer from the ring-balancer",
             ErrorKind::Timeout => "The upstream server is timing out",
             ErrorKind::BadRequest => "Bad request",
+            ErrorKind::HeadersTooLarge => "Request header fields too large",
             ErrorKind::Internal => "An unexpected error occurred",
         }
     }

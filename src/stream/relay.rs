@@ -57,6 +57,8 @@ struct Pipe {
     eof: bool,
     need_flush: bool,
     finished: bool,
+    /// The last error came from the writer (the reader's peer is fine).
+    write_failed: bool,
     delivered: u64,
 }
 
@@ -69,6 +71,7 @@ impl Pipe {
             eof: false,
             need_flush: false,
             finished: false,
+            write_failed: false,
             delivered: 0,
         }
     }
@@ -106,7 +109,8 @@ impl Pipe {
                     Poll::Pending => {
                         // Nothing more to read for now: push what the writer buffered.
                         if self.need_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))
+                                .map_err(|e| self.writer_error(e))?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
@@ -114,10 +118,11 @@ impl Pipe {
                 }
             }
             while self.pos < self.cap {
-                let n =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                let written =
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]));
+                let n = written.map_err(|e| self.writer_error(e))?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err(self.writer_error(io::ErrorKind::WriteZero.into())));
                 }
                 self.pos += n;
                 self.delivered += n as u64;
@@ -127,11 +132,17 @@ impl Pipe {
             }
             if self.eof && self.pos == self.cap {
                 // Half-close: the peer learns of the EOF while the other direction continues.
-                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(|e| self.writer_error(e))?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))
+                    .map_err(|e| self.writer_error(e))?;
                 return Poll::Ready(Ok(()));
             }
         }
+    }
+
+    fn writer_error(&mut self, e: io::Error) -> io::Error {
+        self.write_failed = true;
+        e
     }
 }
 
@@ -157,9 +168,13 @@ where
 
     let end = poll_fn(|cx| {
         let mut moved = false;
+        // A write failing towards a side that already sent its EOF means that side closed its
+        // whole socket (psql does after Terminate): a normal end, not a reset, since nothing
+        // it would still read exists.
         if !up.finished {
             match up.poll_copy(cx, client, upstream, up_counter, &mut moved) {
                 Poll::Ready(Ok(())) => up.finished = true,
+                Poll::Ready(Err(_)) if up.write_failed && down.eof => up.finished = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::Error(Direction::Upstream, e)),
                 Poll::Pending => {}
             }
@@ -167,6 +182,7 @@ where
         if !down.finished {
             match down.poll_copy(cx, upstream, client, down_counter, &mut moved) {
                 Poll::Ready(Ok(())) => down.finished = true,
+                Poll::Ready(Err(_)) if down.write_failed && up.eof => down.finished = true,
                 Poll::Ready(Err(e)) => {
                     return Poll::Ready(RelayEnd::Error(Direction::Downstream, e))
                 }
@@ -250,6 +266,33 @@ mod tests {
                 down: 16
             }
         );
+    }
+
+    #[tokio::test]
+    async fn client_closing_after_its_eof_is_a_normal_end() {
+        let (mut client_app, mut client_side) = duplex(64);
+        let (mut upstream_side, mut upstream_app) = duplex(64);
+        let (up, down) = (counter(), counter());
+        let relay = tokio::spawn(async move {
+            relay(
+                &mut client_side,
+                &mut upstream_side,
+                Duration::from_secs(5),
+                &up,
+                &down,
+            )
+            .await
+        });
+        client_app.write_all(b"Terminate").await.unwrap();
+        client_app.shutdown().await.unwrap();
+        drop(client_app);
+        let mut got = [0u8; 9];
+        upstream_app.read_exact(&mut got).await.unwrap();
+        // The server's goodbye (close_notify) finds the client gone.
+        let _ = upstream_app.write_all(&[0u8; 1024]).await;
+        let (end, totals) = relay.await.unwrap();
+        assert!(matches!(end, RelayEnd::Closed), "{end:?}");
+        assert_eq!(totals.up, 9);
     }
 
     #[tokio::test(start_paused = true)]
