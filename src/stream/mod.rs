@@ -62,11 +62,11 @@ impl Default for StreamSettings {
 /// and the `result` field of the connection's log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Relayed until both sides closed.
+    /// Relayed until both sides closed (or one closed and the other then reset).
     Closed,
     /// Relayed, then closed after `idle_timeout` without traffic.
     IdleTimeout,
-    /// Relayed, then a side failed (reset, broken pipe).
+    /// Relayed, then a side failed (reset, broken pipe) while both were still sending.
     Reset,
     /// ClientHello without `server_name`: alert `unrecognized_name`.
     NoSni,
@@ -244,6 +244,10 @@ impl StreamApp {
         match end {
             RelayEnd::Closed => Outcome::Closed,
             RelayEnd::IdleTimeout => Outcome::IdleTimeout,
+            RelayEnd::ClosedWithError(direction, e) => {
+                log.detail = Some(format!("after EOF, {direction:?}: {e}"));
+                Outcome::Closed
+            }
             RelayEnd::Error(direction, e) => {
                 log.detail = Some(format!("{direction:?}: {e}"));
                 Outcome::Reset

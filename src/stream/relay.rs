@@ -36,8 +36,21 @@ pub enum RelayEnd {
     Closed,
     /// No byte moved either way for the idle timeout.
     IdleTimeout,
-    /// Reading or writing failed (typically a reset); the direction it happened in.
+    /// One side had already sent its EOF, then a read or write failed: the usual end of a
+    /// session whose peer closes without reading everything (PostgreSQL exits on Terminate
+    /// without reading the client's close_notify, so its kernel answers with a reset).
+    ClosedWithError(Direction, io::Error),
+    /// Reading or writing failed (typically a reset) while both sides were still sending.
     Error(Direction, io::Error),
+}
+
+/// Names how a failed relay ended, from whether a side had finished sending before.
+fn failed(direction: Direction, e: io::Error, up: &Pipe, down: &Pipe) -> RelayEnd {
+    if up.eof || down.eof {
+        RelayEnd::ClosedWithError(direction, e)
+    } else {
+        RelayEnd::Error(direction, e)
+    }
 }
 
 /// Bytes delivered each way.
@@ -57,8 +70,6 @@ struct Pipe {
     eof: bool,
     need_flush: bool,
     finished: bool,
-    /// The last error came from the writer (the reader's peer is fine).
-    write_failed: bool,
     delivered: u64,
 }
 
@@ -71,7 +82,6 @@ impl Pipe {
             eof: false,
             need_flush: false,
             finished: false,
-            write_failed: false,
             delivered: 0,
         }
     }
@@ -109,8 +119,7 @@ impl Pipe {
                     Poll::Pending => {
                         // Nothing more to read for now: push what the writer buffered.
                         if self.need_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))
-                                .map_err(|e| self.writer_error(e))?;
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
@@ -118,11 +127,10 @@ impl Pipe {
                 }
             }
             while self.pos < self.cap {
-                let written =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]));
-                let n = written.map_err(|e| self.writer_error(e))?;
+                let n =
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))?;
                 if n == 0 {
-                    return Poll::Ready(Err(self.writer_error(io::ErrorKind::WriteZero.into())));
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.pos += n;
                 self.delivered += n as u64;
@@ -132,17 +140,11 @@ impl Pipe {
             }
             if self.eof && self.pos == self.cap {
                 // Half-close: the peer learns of the EOF while the other direction continues.
-                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(|e| self.writer_error(e))?;
-                ready!(Pin::new(&mut *writer).poll_shutdown(cx))
-                    .map_err(|e| self.writer_error(e))?;
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 return Poll::Ready(Ok(()));
             }
         }
-    }
-
-    fn writer_error(&mut self, e: io::Error) -> io::Error {
-        self.write_failed = true;
-        e
     }
 }
 
@@ -168,23 +170,20 @@ where
 
     let end = poll_fn(|cx| {
         let mut moved = false;
-        // A write failing towards a side that already sent its EOF means that side closed its
-        // whole socket (psql does after Terminate): a normal end, not a reset, since nothing
-        // it would still read exists.
         if !up.finished {
             match up.poll_copy(cx, client, upstream, up_counter, &mut moved) {
                 Poll::Ready(Ok(())) => up.finished = true,
-                Poll::Ready(Err(_)) if up.write_failed && down.eof => up.finished = true,
-                Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::Error(Direction::Upstream, e)),
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(failed(Direction::Upstream, e, &up, &down))
+                }
                 Poll::Pending => {}
             }
         }
         if !down.finished {
             match down.poll_copy(cx, upstream, client, down_counter, &mut moved) {
                 Poll::Ready(Ok(())) => down.finished = true,
-                Poll::Ready(Err(_)) if down.write_failed && up.eof => down.finished = true,
                 Poll::Ready(Err(e)) => {
-                    return Poll::Ready(RelayEnd::Error(Direction::Downstream, e))
+                    return Poll::Ready(failed(Direction::Downstream, e, &up, &down))
                 }
                 Poll::Pending => {}
             }
@@ -291,7 +290,7 @@ mod tests {
         // The server's goodbye (close_notify) finds the client gone.
         let _ = upstream_app.write_all(&[0u8; 1024]).await;
         let (end, totals) = relay.await.unwrap();
-        assert!(matches!(end, RelayEnd::Closed), "{end:?}");
+        assert!(matches!(end, RelayEnd::ClosedWithError(..)), "{end:?}");
         assert_eq!(totals.up, 9);
     }
 
