@@ -34,8 +34,8 @@ pub use clienthello::{ClientHello, Reject, MAX_CLIENT_HELLO_BYTES};
 pub use relay::{relay, Direction, RelayEnd, Totals};
 pub use table::{ConnectError, StreamRoute, StreamRouteSpec, StreamTable, StreamTarget};
 
-use clienthello::{read_client_hello, read_more, ReadError};
-use postgres::Prelude;
+use clienthello::ReadError;
+use postgres::{read_prelude_and_hello, Refusal};
 
 /// Listener-level limits of a stream listener.
 #[derive(Debug, Clone)]
@@ -272,63 +272,6 @@ impl ServerApp for StreamApp {
         // A passthrough connection is never reused for anything else.
         None
     }
-}
-
-/// Why a connection was refused before any upstream was involved.
-#[derive(Debug)]
-enum Refusal {
-    Read(ReadError),
-    /// A PostgreSQL message that cannot be routed (StartupMessage in the clear, CancelRequest).
-    UnroutablePostgres,
-}
-
-impl From<ReadError> for Refusal {
-    fn from(e: ReadError) -> Self {
-        Refusal::Read(e)
-    }
-}
-
-/// Reads the optional PostgreSQL prelude and the ClientHello into `buf`. Returns the ClientHello
-/// and whether the client opened with `SSLRequest`; `buf` then holds exactly the bytes to replay.
-async fn read_prelude_and_hello<S>(
-    client: &mut S,
-    buf: &mut Vec<u8>,
-) -> Result<(ClientHello, bool), Refusal>
-where
-    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    let mut refused_gss = false;
-    let postgres = loop {
-        match postgres::classify(buf) {
-            Prelude::NeedMore => read_more(client, buf).await?,
-            Prelude::NotPostgres => break false,
-            Prelude::SslRequest => {
-                buf.drain(..postgres::SSL_REQUEST.len());
-                write_now(client, &[postgres::ACCEPT_TLS]).await?;
-                break true;
-            }
-            // libpq asks for GSSAPI encryption first when it has Kerberos credentials; `N` makes
-            // it go on with SSLRequest on this connection. Only once: a loop would be abuse.
-            Prelude::GssEncRequest if !refused_gss => {
-                buf.drain(..postgres::GSSENC_REQUEST.len());
-                write_now(client, &[postgres::REFUSE]).await?;
-                refused_gss = true;
-            }
-            Prelude::GssEncRequest | Prelude::Unroutable => {
-                return Err(Refusal::UnroutablePostgres)
-            }
-        }
-    };
-    let hello = read_client_hello(client, buf).await?;
-    Ok((hello, postgres))
-}
-
-async fn write_now<S>(client: &mut S, bytes: &[u8]) -> Result<(), ReadError>
-where
-    S: AsyncWrite + Unpin + ?Sized,
-{
-    client.write_all(bytes).await.map_err(ReadError::Io)?;
-    client.flush().await.map_err(ReadError::Io)
 }
 
 /// Answers a refused client (an alert if it spoke TLS) and names the outcome.

@@ -4,6 +4,10 @@
 //! Recognising it is what lets the gateway route classic PostgreSQL TLS by SNI: it answers `S`
 //! itself, reads the ClientHello that follows, and repeats the request to the chosen upstream.
 
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::clienthello::{read_client_hello, read_more, ClientHello, ReadError};
+
 /// `SSLRequest`: length 8, code 80877103 (protocol docs, "Message Formats").
 pub const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 /// `GSSENCRequest`: length 8, code 80877104. Answered `N` so that libpq falls back to
@@ -55,6 +59,63 @@ pub fn classify(buf: &[u8]) -> Prelude {
         }
         Some(_) => Prelude::NotPostgres,
     }
+}
+
+/// Why the first bytes of a connection cannot be routed.
+#[derive(Debug)]
+pub enum Refusal {
+    Read(ReadError),
+    /// A PostgreSQL message that cannot be routed (StartupMessage in the clear, CancelRequest).
+    UnroutablePostgres,
+}
+
+impl From<ReadError> for Refusal {
+    fn from(e: ReadError) -> Self {
+        Refusal::Read(e)
+    }
+}
+
+/// Reads the optional PostgreSQL prelude and the ClientHello into `buf`. Returns the ClientHello
+/// and whether the client opened with `SSLRequest`; `buf` then holds exactly the bytes to replay.
+pub async fn read_prelude_and_hello<S>(
+    client: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<(ClientHello, bool), Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut refused_gss = false;
+    let postgres = loop {
+        match classify(buf) {
+            Prelude::NeedMore => read_more(client, buf).await?,
+            Prelude::NotPostgres => break false,
+            Prelude::SslRequest => {
+                buf.drain(..SSL_REQUEST.len());
+                write_now(client, &[ACCEPT_TLS]).await?;
+                break true;
+            }
+            // libpq asks for GSSAPI encryption first when it has Kerberos credentials; `N` makes
+            // it go on with SSLRequest on this connection. Only once: a loop would be abuse.
+            Prelude::GssEncRequest if !refused_gss => {
+                buf.drain(..GSSENC_REQUEST.len());
+                write_now(client, &[REFUSE]).await?;
+                refused_gss = true;
+            }
+            Prelude::GssEncRequest | Prelude::Unroutable => {
+                return Err(Refusal::UnroutablePostgres)
+            }
+        }
+    };
+    let hello = read_client_hello(client, buf).await?;
+    Ok((hello, postgres))
+}
+
+async fn write_now<S>(client: &mut S, bytes: &[u8]) -> Result<(), ReadError>
+where
+    S: AsyncWrite + Unpin + ?Sized,
+{
+    client.write_all(bytes).await.map_err(ReadError::Io)?;
+    client.flush().await.map_err(ReadError::Io)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! `.example.com` (one label or more), `example.*` any name starting with `example.`. An exact
 //! name beats a wildcard; among wildcards the longest fixed part wins, leading before trailing.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -214,7 +215,7 @@ impl StreamTable {
                 } else if let Some(rest) = sni.strip_suffix('*') {
                     (&mut table.trailing, rest.to_string())
                 } else {
-                    (&mut table.exact, sni.clone())
+                    (&mut table.exact, sni.to_string())
                 };
                 map.entry(key).or_insert(index);
             }
@@ -227,7 +228,8 @@ impl StreamTable {
     /// `prefix.*`.
     pub fn lookup(&self, sni: &str) -> Option<&Arc<StreamRoute>> {
         let sni = normalize(sni);
-        let index = self.exact.get(sni.as_str()).or_else(|| {
+        let sni: &str = &sni;
+        let index = self.exact.get(sni).or_else(|| {
             // Suffixes from the longest: each '.' (not the first byte) starts a candidate.
             let leading = sni
                 .char_indices()
@@ -253,9 +255,15 @@ impl StreamTable {
     }
 }
 
-/// SNI comparison is case-insensitive and ignores one trailing dot.
-fn normalize(name: &str) -> String {
-    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+/// SNI comparison is case-insensitive and ignores one trailing dot. Names from the ClientHello
+/// parser are already normalised, so the lookup path does not allocate.
+fn normalize(name: &str) -> Cow<'_, str> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 #[cfg(test)]
