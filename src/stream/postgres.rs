@@ -174,4 +174,61 @@ mod tests {
         assert_eq!(classify(&[0x16]), Prelude::NotPostgres);
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Prelude::NotPostgres);
     }
+
+    /// Runs the prelude reader on `input` (written, then EOF); returns its result and answers.
+    async fn prelude(input: Vec<u8>) -> (Result<(ClientHello, bool), Refusal>, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client.write_all(&input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut buf = Vec::new();
+        let result = read_prelude_and_hello(&mut server, &mut buf).await;
+        drop(server);
+        let mut answers = Vec::new();
+        client.read_to_end(&mut answers).await.unwrap();
+        (result, answers)
+    }
+
+    #[tokio::test]
+    async fn ssl_request_then_client_hello() {
+        let mut input = SSL_REQUEST.to_vec();
+        input.extend(crate::stream::test_support::hello(
+            Some("pg.example.com"),
+            &[],
+        ));
+        let (result, answers) = prelude(input).await;
+        let (hello, postgres) = result.unwrap();
+        assert!(postgres);
+        assert_eq!(hello.sni.as_deref(), Some("pg.example.com"));
+        assert_eq!(answers, b"S");
+    }
+
+    #[tokio::test]
+    async fn only_one_gssenc_request_is_answered() {
+        let mut input = GSSENC_REQUEST.to_vec();
+        input.extend_from_slice(&GSSENC_REQUEST);
+        let (result, answers) = prelude(input).await;
+        assert!(
+            matches!(result, Err(Refusal::UnroutablePostgres)),
+            "{result:?}"
+        );
+        assert_eq!(answers, b"N");
+    }
+
+    #[tokio::test]
+    async fn ssl_request_followed_by_plain_text_is_not_tls() {
+        let mut input = SSL_REQUEST.to_vec();
+        input.extend_from_slice(&[0, 0, 0, 9, 0, 3, 0, 0, 0]);
+        let (result, answers) = prelude(input).await;
+        assert!(
+            matches!(
+                result,
+                Err(Refusal::Read(ReadError::Reject(
+                    crate::stream::Reject::NotTls
+                )))
+            ),
+            "{result:?}"
+        );
+        assert_eq!(answers, b"S");
+    }
 }
