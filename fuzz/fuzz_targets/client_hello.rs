@@ -18,7 +18,6 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
 
-
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -105,7 +104,10 @@ fuzz_target!(|input: &[u8]| {
     let mut buf = Vec::new();
     let read = once(read_client_hello(&mut source, &mut buf));
     assert!(buf.len() <= MAX_CLIENT_HELLO_BYTES);
-    assert!(data.starts_with(&buf), "the reader's buffer is not what was sent");
+    assert!(
+        data.starts_with(&buf),
+        "the reader's buffer is not what was sent"
+    );
     match read {
         Ok(hello) => assert_eq!(parse(&buf), Ok(Progress::Done(hello))),
         Err(ReadError::Reject(reject)) => assert_eq!(parse(&buf), Err(reject)),
