@@ -654,7 +654,7 @@ fn graceful_shutdown_stops_accepting_and_lets_tunnels_finish() {
     let port = echo_then_bye();
     let mut gw = start(Setup {
         hello_timeout: "5s",
-        server: "  grace_period_seconds: 3\n  graceful_shutdown_seconds: 1\n",
+        server: "  grace_period_seconds: 5\n  graceful_shutdown_seconds: 1\n",
         services: service("raw", port, "raw", &["raw.example.com"]),
     });
     let stream_port = gw.stream_port();
@@ -684,7 +684,7 @@ fn graceful_shutdown_stops_accepting_and_lets_tunnels_finish() {
     tunnel.read_to_end(&mut rest).unwrap();
     assert_eq!(rest, b"bye");
     assert!(
-        gw.wait_exit(Duration::from_secs(15)).is_some(),
+        gw.wait_exit(Duration::from_secs(20)).is_some(),
         "gateway did not exit after the grace period"
     );
 }
