@@ -219,6 +219,7 @@ fn main() {
 
     let (mut loads, mut compiles, mut totals) = (Vec::new(), Vec::new(), Vec::new());
     let mut rss_after_first = 0;
+    let mut rss_trace = Vec::new();
     for i in 0..reloads {
         // The gateway keeps the old runtime alive while the new one compiles (requests in
         // flight hold it), then drops it: same here.
@@ -229,6 +230,9 @@ fn main() {
         totals.push(t.load + t.compile);
         if i == 0 {
             rss_after_first = vm_rss_kib();
+        }
+        if (i + 1) % 10 == 0 {
+            rss_trace.push(format!("{}: {} KiB", i + 1, vm_rss_kib()));
         }
     }
     let rss_end = vm_rss_kib();
@@ -242,6 +246,7 @@ fn main() {
         "  VmRSS: {rss_start} KiB after the first load, {rss_after_first} KiB after 1 reload, {rss_end} KiB after {reloads} reloads ({:+} KiB since the first reload)",
         rss_end as i64 - rss_after_first as i64
     );
+    println!("  VmRSS every 10 reloads: {}", rss_trace.join(", "));
     println!(
         "  target: reload <= 1 s: {} (median {median:.1?})",
         if median <= Duration::from_secs(1) {

@@ -104,6 +104,29 @@ impl Load {
                 }
             }));
         }
+        // Slow requests (300 ms upstream) on new connections: whichever process accepted them,
+        // some are always in flight when the old process stops, and must still complete.
+        for i in 0..3 {
+            let (stop, tally) = (stop.clone(), tally.clone());
+            threads.push(std::thread::spawn(move || {
+                let who = format!("slow-{i}");
+                while !stop.load(Ordering::Relaxed) {
+                    let res = KeepAlive::connect(ports.http, "slow.test")
+                        .map_err(|e| format!("connect: {} {e}", kind_name(e.kind())))
+                        .and_then(|mut c| {
+                            c.get("/app", &["Connection: close", "x-echo-delay-ms: 300"])
+                                .map_err(|e| format!("{} {e}", kind_name(e.error.kind())))
+                        });
+                    match res {
+                        Ok(r) if r.status == 200 => {
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => tally.fail(&who, format!("status {}", r.status)),
+                        Err(e) => tally.fail(&who, e),
+                    }
+                }
+            }));
+        }
         // A new TLS connection per request on the TLS listener.
         {
             let (stop, tally) = (stop.clone(), tally.clone());
