@@ -654,7 +654,7 @@ fn graceful_shutdown_stops_accepting_and_lets_tunnels_finish() {
     let port = echo_then_bye();
     let mut gw = start(Setup {
         hello_timeout: "5s",
-        server: "  grace_period_seconds: 5\n  graceful_shutdown_seconds: 1\n",
+        server: "  graceful_shutdown_seconds: 5\n",
         services: service("raw", port, "raw", &["raw.example.com"]),
     });
     let stream_port = gw.stream_port();

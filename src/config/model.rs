@@ -37,10 +37,10 @@ pub struct Listeners {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub threads: usize,
-    /// Seconds Pingora waits after SIGTERM before it starts shutting services down.
-    pub grace_period_seconds: u64,
-    /// Seconds in-flight requests get to finish during shutdown.
+    /// Seconds in-flight requests get to finish after SIGTERM or an upgrade hand-over.
     pub graceful_shutdown_seconds: u64,
+    /// Seconds Pingora's runtimes get to stop after the drain (`runtime_shutdown_seconds`).
+    pub runtime_shutdown_seconds: u64,
     pub upgrade_sock: String,
     pub pid_file: String,
     /// Peers whose `X-Forwarded-*` headers are trusted (appended to instead of replaced).

@@ -403,7 +403,7 @@ pub struct RawTls {
 pub struct RawServer {
     pub threads: Option<i64>,
     pub graceful_shutdown_seconds: Option<i64>,
-    pub grace_period_seconds: Option<i64>,
+    pub runtime_shutdown_seconds: Option<i64>,
     pub upgrade_sock: Option<String>,
     pub pid_file: Option<String>,
     pub trusted_proxies: Vec<V<String>>,
@@ -729,7 +729,7 @@ fn read_server(n: &Node, p: &str, d: &mut Diags) -> Option<RawServer> {
         graceful_shutdown_seconds: o
             .int("graceful_shutdown_seconds", 0, 86_400, d)
             .map(|v| v.v),
-        grace_period_seconds: o.int("grace_period_seconds", 0, 86_400, d).map(|v| v.v),
+        runtime_shutdown_seconds: o.int("runtime_shutdown_seconds", 0, 3_600, d).map(|v| v.v),
         upgrade_sock: o.str("upgrade_sock", d).map(|v| v.v),
         pid_file: o.str("pid_file", d).map(|v| v.v),
         trusted_proxies: o.str_list("trusted_proxies", d),

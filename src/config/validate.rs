@@ -982,10 +982,10 @@ fn build_server(doc: &RawDoc, d: &mut Diags) -> ServerSettings {
         });
     ServerSettings {
         threads: s.and_then(|s| s.threads).map(|t| t as usize).unwrap_or(2),
-        grace_period_seconds: s
-            .and_then(|s| s.grace_period_seconds)
+        runtime_shutdown_seconds: s
+            .and_then(|s| s.runtime_shutdown_seconds)
             .map(|t| t as u64)
-            .unwrap_or(0),
+            .unwrap_or(1),
         graceful_shutdown_seconds: s
             .and_then(|s| s.graceful_shutdown_seconds)
             .map(|t| t as u64)

@@ -115,10 +115,13 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     let mut conf = ServerConf::default();
     let s = &config.server;
     conf.threads = s.threads;
-    // Pingora's default grace period makes SIGTERM wait 300 s before draining: far too long for
-    // a Kubernetes rollout. Both values come from `server:` with short defaults.
-    conf.grace_period_seconds = Some(s.grace_period_seconds);
-    conf.graceful_shutdown_timeout_seconds = Some(s.graceful_shutdown_seconds);
+    // On SIGTERM (and after handing sockets over on SIGQUIT) Pingora stops accepting, sleeps
+    // `grace_period_seconds` while in-flight requests finish, then shuts its runtimes down with
+    // `graceful_shutdown_timeout_seconds` — and that shutdown drops whatever is still running.
+    // So the drain time users configure is Pingora's grace period (its default, 300 s, is far
+    // too long for a rollout); the runtime timeout only covers blocking work after it.
+    conf.grace_period_seconds = Some(s.graceful_shutdown_seconds);
+    conf.graceful_shutdown_timeout_seconds = Some(s.runtime_shutdown_seconds);
     conf.upgrade_sock = s.upgrade_sock.clone();
     conf.pid_file = s.pid_file.clone();
     let opt = Opt {
