@@ -741,7 +741,7 @@ fn large_yaml(
 fn rss_stays_bounded_across_fifty_reloads_of_a_large_config() {
     let pki = Pki::new();
     let echo = HttpEcho::start("big");
-    let (services, routes_per, certs) = (20, 100, 200);
+    let (services, routes_per, certs) = (10, 100, 100);
     let mut builder = quiet(Gateway::builder());
     for c in 0..certs {
         let leaf = pki.server_leaf(&format!("big-{c}"), &[&format!("DNS:c{c}.big.test")]);
