@@ -81,6 +81,8 @@ pub fn build_runtime(
 
 /// Construct and run the server; returns only on startup failure.
 pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Result<()> {
+    // First, so a SIGHUP sent as soon as the process exists reloads instead of killing it.
+    reload::spawn_sighup_listener();
     let fallback = crate::tls::self_signed()?;
     log_config_warnings(&config);
     let rt = build_runtime(config.clone(), fallback.clone(), None)?;
@@ -196,6 +198,11 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     }
 
     reload::start(gw);
+    // Pingora writes its pid file only when daemonised; operators (and `kill -QUIT $(cat ...)`
+    // for upgrades) expect it either way.
+    if let Err(e) = std::fs::write(&s.pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(pid_file = %s.pid_file, error = %e, "cannot write the pid file");
+    }
     tracing::info!(
         proxy = ?config.listeners.proxy.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
         stream = ?config.listeners.stream.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),

@@ -110,7 +110,6 @@ fn changed_between(before: &Fingerprint, after: &Fingerprint) -> bool {
 }
 
 pub fn start(gw: Arc<Gateway>) {
-    spawn_sighup_listener();
     let spawned = std::thread::Builder::new()
         .name("config-watch".into())
         .spawn(move || watch(gw));
@@ -119,27 +118,37 @@ pub fn start(gw: Arc<Gateway>) {
     }
 }
 
-fn spawn_sighup_listener() {
-    let spawned = std::thread::Builder::new().name("sighup".into()).spawn(|| {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(_) => return,
-        };
-        rt.block_on(async {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                tracing::error!("cannot listen for SIGHUP");
-                return;
-            };
-            while hup.recv().await.is_some() {
-                SIGHUP.store(true, Ordering::SeqCst);
-            }
+/// Registers the SIGHUP handler before returning (so a SIGHUP right after start reloads instead
+/// of killing the process with the default action), then serves it on its own thread.
+pub fn spawn_sighup_listener() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP listener runtime failed to start");
+            return;
+        }
+    };
+    let registered = rt
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
+    let mut hup = match registered {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            rt.block_on(async {
+                while hup.recv().await.is_some() {
+                    SIGHUP.store(true, Ordering::SeqCst);
+                }
+            });
         });
-    });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "SIGHUP listener failed to start");
     }
