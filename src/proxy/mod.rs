@@ -36,6 +36,24 @@ pub struct GatewayProxy {
     pub shared: Shared,
     /// Whether this listener terminates TLS (decides http vs https for routing).
     pub tls: bool,
+    /// The listener's port, and as a ready `X-Forwarded-Port` value.
+    pub port: u16,
+    pub port_header: http::HeaderValue,
+}
+
+impl GatewayProxy {
+    pub fn new(shared: Shared, tls: bool, address: &str) -> GatewayProxy {
+        let port = address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(0);
+        GatewayProxy {
+            shared,
+            tls,
+            port,
+            port_header: http::HeaderValue::from(port),
+        }
+    }
 }
 
 /// Per-request state.
@@ -539,9 +557,16 @@ impl ProxyHttp for GatewayProxy {
                     .unwrap_or(false)
             })
             .unwrap_or(false);
-        let ip = client_ip.map(|i| i.to_string()).unwrap_or_default();
+        // One formatted address serves both headers (HeaderValue clones share the bytes).
+        let ip = http::HeaderValue::from_str(&client_ip.map(|i| i.to_string()).unwrap_or_default())
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
         let xff = match (trusted, upstream_request.headers.get("x-forwarded-for")) {
-            (true, Some(prev)) => format!("{}, {ip}", prev.to_str().unwrap_or("")),
+            (true, Some(prev)) => http::HeaderValue::from_str(&format!(
+                "{}, {}",
+                prev.to_str().unwrap_or(""),
+                ip.to_str().unwrap_or("")
+            ))
+            .unwrap_or_else(|_| ip.clone()),
             _ => ip.clone(),
         };
         upstream_request.insert_header("x-forwarded-for", xff)?;
@@ -554,15 +579,25 @@ impl ProxyHttp for GatewayProxy {
             upstream_request.insert_header("x-forwarded-host", strip_port(&original_host))?;
         }
         if !(trusted && upstream_request.headers.contains_key("x-forwarded-port")) {
-            let port = session
-                .server_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.port().to_string())
-                .unwrap_or_default();
+            // The listener's port, formatted once when the listener was built.
+            let port = match session.server_addr().and_then(|a| a.as_inet()) {
+                Some(a) if a.port() == self.port => self.port_header.clone(),
+                Some(a) => http::HeaderValue::from(a.port()),
+                None => self.port_header.clone(),
+            };
             upstream_request.insert_header("x-forwarded-port", port)?;
         }
-        upstream_request.remove_header("x-forwarded-prefix");
-        upstream_request.insert_header("x-request-id", ctx.plugin.request_id.as_str())?;
+        if upstream_request.headers.contains_key("x-forwarded-prefix") {
+            upstream_request.remove_header("x-forwarded-prefix");
+        }
+        // Already there when the client sent the id we kept.
+        if upstream_request
+            .headers
+            .get("x-request-id")
+            .is_none_or(|v| v.as_bytes() != ctx.plugin.request_id.as_bytes())
+        {
+            upstream_request.insert_header("x-request-id", ctx.plugin.request_id.as_str())?;
+        }
 
         for p in &ctx.chain {
             p.upstream_request(&mut ctx.plugin);

@@ -138,10 +138,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     let server_conf = server.configuration.clone();
 
     for (i, l) in config.listeners.proxy.iter().enumerate() {
-        let proxy = GatewayProxy {
-            shared: shared.clone(),
-            tls: l.tls,
-        };
+        let proxy = GatewayProxy::new(shared.clone(), l.tls, &l.address);
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &server_conf,
             proxy,
