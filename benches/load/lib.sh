@@ -1,0 +1,519 @@
+# Shared by benches/load/run.sh (the measured run) and benches/load/profile.sh (callgrind and
+# perf profiles): settings, PKI, ports, the upstream, the three proxies' equivalent configurations
+# and the measurement of one run. Sourced, not executed.
+# shellcheck shell=bash
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+ROOT=$PWD
+WORK=${BENCH_WORK:-$ROOT/target/bench-load}
+DURATION=${BENCH_DURATION:-5}
+WARMUP=${BENCH_WARMUP:-1}
+REPEATS=${BENCH_REPEATS:-3}
+SCENARIOS=${BENCH_SCENARIOS:-"s1 s2 s3 s4 s5bulk s5conn mem"}
+CCPU=${BENCH_CLIENT_CPU:-0}
+SCPU=${BENCH_SERVER_CPU:-1}
+MAX_LOAD=${BENCH_MAX_LOAD-0.7}
+LOAD_WAIT_MIN=${BENCH_LOAD_WAIT_MIN:-40}
+PORTCULLIS_BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
+PCLOAD=$ROOT/benches/load/client/target/release/pcload
+SYSTEMS=(direct portcullis nginx haproxy)
+HZ=$(getconf CLK_TCK)
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in nginx haproxy openssl taskset python3; do
+    command -v "$tool" >/dev/null || die "$tool not found (bash scripts/setup.sh installs it)"
+done
+NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+[ -f "$NGINX_STREAM_MODULE" ] || die "nginx stream module missing (apt-get install libnginx-mod-stream)"
+
+ulimit -n "$(ulimit -Hn)"
+
+# --- processes we start, and only those, are stopped on exit ---------------------------------
+PIDS=()
+stop_pid() {
+    local pid=$1
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+cleanup() {
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- build what is missing -------------------------------------------------------------------
+if [ ! -x "$PCLOAD" ]; then
+    log "building the load client (benches/load/client)"
+    cargo build --release --quiet --manifest-path benches/load/client/Cargo.toml
+fi
+if [ ! -x "$PORTCULLIS_BIN" ]; then
+    log "building Portcullis (release)"
+    cargo build --release --quiet --bin portcullis
+fi
+
+RUN=${RUN:-$WORK/run}
+rm -rf "$RUN"
+mkdir -p "$RUN" "$WORK/pki"
+RESULTS=${RESULTS:-$WORK/results.jsonl}
+
+# --- PKI: ECDSA P-256 everywhere -------------------------------------------------------------
+PKI=$WORK/pki
+ext() { printf '%s\n' "$@" >"$PKI/ext.cnf"; }
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/$1.key" 2>/dev/null; }
+selfsigned_ca() { # name CN
+    key "$1"
+    openssl req -x509 -new -key "$PKI/$1.key" -subj "/CN=$2" -days 30 -out "$PKI/$1.crt" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+}
+issue() { # name CN issuer extensions...
+    local name=$1 cn=$2 issuer=$3
+    shift 3
+    key "$name"
+    openssl req -new -key "$PKI/$name.key" -subj "/CN=$cn" -out "$PKI/$name.csr"
+    ext "$@"
+    openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$issuer.crt" -CAkey "$PKI/$issuer.key" \
+        -CAcreateserial -days 30 -sha256 -extfile "$PKI/ext.cnf" -out "$PKI/$name.crt" 2>/dev/null
+}
+if [ ! -f "$PKI/done" ] || [ -n "$(find "$PKI/done" -mtime +20)" ]; then
+    log "generating the PKI (ECDSA P-256)"
+    selfsigned_ca root "Bench Root CA"
+    issue inter "Bench Intermediate CA" root basicConstraints=critical,CA:TRUE,pathlen:0 \
+        keyUsage=critical,keyCertSign,cRLSign
+    issue upstream upstream.bench.test inter basicConstraints=CA:FALSE extendedKeyUsage=serverAuth \
+        subjectAltName=DNS:upstream.bench.test,DNS:bulk.bench.test
+    issue proxy proxy.bench.test inter basicConstraints=CA:FALSE extendedKeyUsage=serverAuth \
+        subjectAltName=DNS:proxy.bench.test
+    selfsigned_ca clientca "Bench Client CA"
+    issue alice alice clientca basicConstraints=CA:FALSE extendedKeyUsage=clientAuth
+    cat "$PKI/upstream.crt" "$PKI/inter.crt" >"$PKI/upstream.chain.crt"
+    cat "$PKI/proxy.crt" "$PKI/inter.crt" >"$PKI/proxy.chain.crt"
+    cat "$PKI/proxy.chain.crt" "$PKI/proxy.key" >"$PKI/proxy.haproxy.pem"
+    touch "$PKI/done"
+fi
+[ -f "$WORK/big.bin" ] || head -c $((32 * 1024 * 1024)) /dev/urandom >"$WORK/big.bin"
+
+# --- ports -----------------------------------------------------------------------------------
+read -r UP_HTTP UP_HTTPS UP_STATUS P_PORT N_PORT H_PORT <<<"$("$PCLOAD" ports 6)"
+declare -A PORT=([portcullis]=$P_PORT [nginx]=$N_PORT [haproxy]=$H_PORT)
+
+wait_port() { # port pid name
+    for _ in $(seq "${WAIT_PORT_TRIES:-200}"); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || die "$3 exited while starting (see $RUN/$3.log)"
+        sleep 0.05
+    done
+    die "$3 did not listen on $1 (see $RUN/$3.log)"
+}
+
+# --- /proc figures ---------------------------------------------------------------------------
+cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+ctx_switches() { # voluntary + involuntary, over every thread
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
+}
+reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
+upstream_accepts() {
+    # nginx stub_status: "Active connections: N\nserver accepts handled requests\n A H R"
+    exec 3<>"/dev/tcp/127.0.0.1/$UP_STATUS"
+    printf 'GET /status HTTP/1.0\r\nHost: x\r\n\r\n' >&3
+    awk 'f {print $1; exit} /accepts/ {f=1}' <&3
+    exec 3<&-
+}
+
+# --- the upstream: nginx, one process, `return 200` and a 32 MiB file --------------------------
+start_upstream() {
+    local d=$RUN/upstream
+    mkdir -p "$d/html"
+    ln -sf "$WORK/big.bin" "$d/html/big"
+    cat >"$d/nginx.conf" <<EOF
+master_process off;
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 9000; }
+http {
+    access_log off;
+    default_type text/plain;
+    client_body_temp_path $d/tmp; proxy_temp_path $d/tmp; fastcgi_temp_path $d/tmp;
+    uwsgi_temp_path $d/tmp; scgi_temp_path $d/tmp;
+    keepalive_timeout 75s;
+    keepalive_requests 10000000;
+    server {
+        listen 127.0.0.1:$UP_HTTP;
+        listen 127.0.0.1:$UP_HTTPS ssl;
+        ssl_certificate $PKI/upstream.chain.crt;
+        ssl_certificate_key $PKI/upstream.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root $d/html;
+        location = /big { }
+        location / { return 200 "hello, world\n"; }
+    }
+    server {
+        listen 127.0.0.1:$UP_STATUS;
+        location = /status { stub_status; }
+    }
+}
+EOF
+    mkdir -p "$d/tmp"
+    taskset -c "$SCPU" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$RUN/upstream.log" 2>&1 &
+    UPSTREAM_PID=$!
+    PIDS+=("$UPSTREAM_PID")
+    wait_port "$UP_HTTP" "$UPSTREAM_PID" upstream
+    wait_port "$UP_HTTPS" "$UPSTREAM_PID" upstream
+}
+
+# --- proxy configurations, per scenario ------------------------------------------------------
+# Equivalent on purpose: one worker, access logs off, HTTP/1.1 keep-alive both sides (60 s, no
+# request limit), pooled upstream connections, the same headers added (X-Forwarded-For replaced,
+# X-Real-IP, X-Forwarded-Proto/Host/Port, a generated X-Request-Id up and down, upstream Host),
+# TLS 1.2–1.3 with the same ECDSA P-256 certificate, each product's defaults otherwise.
+# mode: http (s1), https (s2, s4), mtls (s3), stream (s5*)
+
+portcullis_conf() { # mode dir
+    local mode=$1 d=$2 listen svc
+    mkdir -p "$d"
+    case $mode in
+        http) listen="    - address: 127.0.0.1:$P_PORT" ;;
+        https | mtls) listen="    - address: 127.0.0.1:$P_PORT
+      tls: true" ;;
+        stream) listen="    []
+  stream:
+    - address: 127.0.0.1:$P_PORT" ;;
+    esac
+    svc="services:
+  - name: up
+    url: http://127.0.0.1:$UP_HTTP
+    routes:
+      - name: all
+        paths: [/]"
+    case $mode in
+        mtls) svc="consumers:
+  - username: alice
+    acls:
+      - group: bench
+services:
+  - name: up
+    url: https://127.0.0.1:$UP_HTTPS
+    tls_server_name: upstream.bench.test
+    tls_verify_depth: 1
+    ca_certificates: [upstream-ca]
+    routes:
+      - name: all
+        paths: [/]
+        plugins:
+          - name: mtls-auth
+            config:
+              ca_certificates: [client-ca]
+          - name: acl
+            config:
+              allow: [bench]" ;;
+        stream) svc="services:
+  - name: up
+    protocol: tcp
+    host: 127.0.0.1
+    port: $UP_HTTPS
+    routes:
+      - name: pass
+        protocols: [tls_passthrough]
+        snis: [bulk.bench.test]" ;;
+    esac
+    cat >"$d/gateway.yaml" <<EOF
+_format_version: "3.0"
+listeners:
+  proxy:
+$listen
+server:
+  threads: 1
+  pid_file: $d/portcullis.pid
+  upgrade_sock: $d/upgrade.sock
+tls:
+  default_certificate: proxy
+certificates:
+  - name: proxy
+    cert_file: $PKI/proxy.chain.crt
+    key_file: $PKI/proxy.key
+    snis: [proxy.bench.test]
+ca_certificates:
+  - name: client-ca
+    cert_file: $PKI/clientca.crt
+  - name: upstream-ca
+    cert_file: $PKI/root.crt
+$svc
+EOF
+}
+
+nginx_conf() { # mode dir
+    local mode=$1 d=$2 body
+    mkdir -p "$d/tmp"
+    local common_http="
+    access_log off;
+    client_body_temp_path $d/tmp; proxy_temp_path $d/tmp; fastcgi_temp_path $d/tmp;
+    uwsgi_temp_path $d/tmp; scgi_temp_path $d/tmp;
+    keepalive_timeout 60s;
+    keepalive_requests 10000000;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    upstream up_http { server 127.0.0.1:$UP_HTTP; keepalive 256; keepalive_requests 10000000; }
+    upstream up_https { server 127.0.0.1:$UP_HTTPS; keepalive 256; keepalive_requests 10000000; }
+    map \$ssl_client_s_dn \$client_cn { ~(^|,)CN=(?<cn>[^,]+) \$cn; default \"\"; }"
+    local headers="
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Forwarded-Port \$server_port;
+            proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id always;"
+    local tls="
+        ssl_certificate $PKI/proxy.chain.crt;
+        ssl_certificate_key $PKI/proxy.key;"
+    case $mode in
+        http) body="http {$common_http
+    server {
+        listen 127.0.0.1:$N_PORT;
+        location / {$headers
+            proxy_pass http://up_http;
+        }
+    }
+}" ;;
+        https) body="http {$common_http
+    server {
+        listen 127.0.0.1:$N_PORT ssl;$tls
+        location / {$headers
+            proxy_pass http://up_http;
+        }
+    }
+}" ;;
+        mtls) body="http {$common_http
+    server {
+        listen 127.0.0.1:$N_PORT ssl;$tls
+        ssl_client_certificate $PKI/clientca.crt;
+        ssl_verify_client on;
+        location / {
+            if (\$client_cn != \"alice\") { return 403; }$headers
+            proxy_set_header X-Consumer-Username \$client_cn;
+            proxy_set_header X-Consumer-Groups bench;
+            proxy_pass https://up_https;
+            proxy_ssl_server_name on;
+            proxy_ssl_name upstream.bench.test;
+            proxy_ssl_verify on;
+            proxy_ssl_verify_depth 1;
+            proxy_ssl_trusted_certificate $PKI/root.crt;
+            proxy_ssl_session_reuse on;
+        }
+    }
+}" ;;
+        stream) body="stream {
+    map \$ssl_preread_server_name \$backend {
+        bulk.bench.test 127.0.0.1:$UP_HTTPS;
+        default 127.0.0.1:1;
+    }
+    server {
+        listen 127.0.0.1:$N_PORT;
+        ssl_preread on;
+        proxy_pass \$backend;
+        proxy_connect_timeout 5s;
+    }
+}" ;;
+    esac
+    cat >"$d/nginx.conf" <<EOF
+load_module $NGINX_STREAM_MODULE;
+# One process that serves (no master): CPU and RSS are read from one PID, as for the others.
+master_process off;
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 9000; }
+$body
+EOF
+}
+
+haproxy_conf() { # mode dir
+    local mode=$1 d=$2 front
+    mkdir -p "$d"
+    local headers="
+    option forwardfor
+    http-request set-header X-Real-IP %[src]
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
+    unique-id-format %{+X}o%ci%cp%fi%fp%Ts%rt%pid
+    unique-id-header X-Request-Id
+    http-response set-header X-Request-Id %[unique-id]"
+    local bindtls="ssl crt $PKI/proxy.haproxy.pem alpn http/1.1"
+    case $mode in
+        http) front="frontend fe
+    bind 127.0.0.1:$H_PORT$headers
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header Host 127.0.0.1:$UP_HTTP
+    default_backend up_http" ;;
+        https) front="frontend fe
+    bind 127.0.0.1:$H_PORT $bindtls$headers
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header Host 127.0.0.1:$UP_HTTP
+    default_backend up_http" ;;
+        mtls) front="frontend fe
+    bind 127.0.0.1:$H_PORT $bindtls ca-file $PKI/clientca.crt verify required$headers
+    http-request deny deny_status 403 unless { ssl_c_s_dn(cn) -m str alice }
+    http-request set-header X-Consumer-Username %[ssl_c_s_dn(cn)]
+    http-request set-header X-Consumer-Groups bench
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header Host upstream.bench.test:$UP_HTTPS
+    default_backend up_https" ;;
+        stream) front="frontend fe
+    mode tcp
+    bind 127.0.0.1:$H_PORT
+    tcp-request inspect-delay 5s
+    tcp-request content accept if { req.ssl_hello_type 1 }
+    use_backend pass if { req.ssl_sni -i bulk.bench.test }
+backend pass
+    mode tcp
+    server u 127.0.0.1:$UP_HTTPS" ;;
+    esac
+    cat >"$d/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 9000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+    ssl-default-server-options ssl-min-ver TLSv1.2
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    option http-keep-alive
+    http-reuse always
+$front
+backend up_http
+    server u 127.0.0.1:$UP_HTTP
+backend up_https
+    server u 127.0.0.1:$UP_HTTPS ssl verify required ca-file $PKI/root.crt sni str(upstream.bench.test) verifyhost upstream.bench.test
+EOF
+}
+
+declare -A SYS_PID=()
+# A command prefix for the proxies (profile.sh runs them under valgrind); `env` when none.
+WRAP=(env)
+start_system() { # system mode
+    local sys=$1 mode=$2 d=$RUN/$1-$2
+    case $sys in
+        portcullis)
+            portcullis_conf "$mode" "$d"
+            PORTCULLIS_LOG=warn taskset -c "$SCPU" "${WRAP[@]}" "$PORTCULLIS_BIN" run --conf "$d" >"$RUN/$sys.log" 2>&1 &
+            ;;
+        nginx)
+            nginx_conf "$mode" "$d"
+            taskset -c "$SCPU" "${WRAP[@]}" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$RUN/$sys.log" 2>&1 &
+            ;;
+        haproxy)
+            haproxy_conf "$mode" "$d"
+            taskset -c "$SCPU" "${WRAP[@]}" haproxy -db -f "$d/haproxy.cfg" >"$RUN/$sys.log" 2>&1 &
+            ;;
+    esac
+    SYS_PID[$sys]=$!
+    PIDS+=("$!")
+    wait_port "${PORT[$sys]}" "$!" "$sys"
+}
+stop_systems() {
+    for sys in portcullis nginx haproxy; do
+        [ -n "${SYS_PID[$sys]:-}" ] && stop_pid "${SYS_PID[$sys]}"
+        SYS_PID[$sys]=""
+    done
+}
+
+# --- one measured run --------------------------------------------------------------------------
+# scenario → mode and client arguments (the port is appended per system)
+scenario_mode() {
+    case $1 in s1) echo http ;; s2 | s4) echo https ;; s3) echo mtls ;; s5*) echo stream ;; esac
+}
+client_args() { # scenario system
+    local s=$1 sys=$2
+    case $s in
+        s1) echo "--conns 64" ;;
+        s2) echo "--conns 64 --tls --sni proxy.bench.test" ;;
+        s3) echo "--conns 64 --tls --sni proxy.bench.test --cert $PKI/alice.crt --key $PKI/alice.key" ;;
+        s4) echo "--conns 32 --close --tls --sni proxy.bench.test" ;;
+        s5bulk) echo "--conns 4 --tls --sni bulk.bench.test --path /big" ;;
+        s5conn) echo "--conns 32 --close --tls --sni bulk.bench.test" ;;
+    esac
+}
+target_port() { # scenario system
+    if [ "$2" = direct ]; then
+        case $1 in s1) echo "$UP_HTTP" ;; *) echo "$UP_HTTPS" ;; esac
+    else
+        echo "${PORT[$2]}"
+    fi
+}
+
+measure() { # scenario system round
+    local s=$1 sys=$2 round=$3 pid="" out
+    [ "$sys" != direct ] && pid=${SYS_PID[$sys]}
+    out=$RUN/$s-$sys-$round.json
+    [ -n "$pid" ] && reset_hwm "$pid"
+    local acc0 acc1 up0 up1 c0=0 c1=0 cs0=0 cs1=0
+    acc0=$(upstream_accepts)
+    # shellcheck disable=SC2046
+    taskset -c "$CCPU" "$PCLOAD" run --addr "127.0.0.1:$(target_port "$s" "$sys")" \
+        --duration "$DURATION" --warmup "$WARMUP" $(client_args "$s" "$sys") >"$out" 2>>"$RUN/pcload.log" &
+    local cpid=$!
+    # CPU is read over the client's measurement window only.
+    sleep "$WARMUP"
+    [ -n "$pid" ] && c0=$(cpu_ticks "$pid") && cs0=$(ctx_switches "$pid")
+    up0=$(cpu_ticks "$UPSTREAM_PID")
+    sleep "$DURATION"
+    [ -n "$pid" ] && c1=$(cpu_ticks "$pid") && cs1=$(ctx_switches "$pid")
+    up1=$(cpu_ticks "$UPSTREAM_PID")
+    wait "$cpid" || die "pcload failed for $s/$sys (see $RUN/pcload.log)"
+    acc1=$(upstream_accepts)
+    local hwm=0 threads=0
+    if [ -n "$pid" ]; then
+        hwm=$(status_kb "$pid" VmHWM)
+        threads=$(status_kb "$pid" Threads)
+    fi
+    python3 - "$out" "$s" "$sys" "$round" "$(((c1 - c0)))" "$((up1 - up0))" "$hwm" \
+        "$((acc1 - acc0))" "$threads" "$HZ" "$((cs1 - cs0))" >>"$RESULTS" <<'EOF'
+import json, sys
+out, s, sys_, rnd, cpu, upcpu, hwm, acc, threads, hz, cs = sys.argv[1:]
+r = json.load(open(out))
+hz = float(hz)
+r.update(kind="load", scenario=s, system=sys_, round=int(rnd),
+         proxy_cpu_s=int(cpu) / hz if sys_ != "direct" else None,
+         upstream_cpu_s=int(upcpu) / hz, peak_rss_kib=int(hwm) if sys_ != "direct" else None,
+         upstream_conns=int(acc) - 1, threads=int(threads),
+         ctx_switches=int(cs) if sys_ != "direct" else None)
+print(json.dumps(r))
+EOF
+    local line
+    line=$(tail -n 1 "$RESULTS")
+    log "$s $sys #$round: $(python3 "$ROOT/benches/load/report.py" --line "$line")"
+}
+
+wait_for_quiet() {
+    [ -z "$MAX_LOAD" ] && return 0
+    local deadline=$((SECONDS + LOAD_WAIT_MIN * 60)) l
+    while :; do
+        l=$(cut -d' ' -f1 /proc/loadavg)
+        if python3 -c "import sys; sys.exit(0 if float('$l') < float('$MAX_LOAD') else 1)"; then
+            log "load average $l < $MAX_LOAD: starting"
+            return 0
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "load average still $l after $LOAD_WAIT_MIN minutes: running anyway (recorded)"
+            return 0
+        fi
+        log "load average $l ≥ $MAX_LOAD (other work on this machine): waiting 60 s"
+        sleep 60
+    done
+}
+
+meta() { # key value-json
+    python3 -c 'import json,sys; print(json.dumps({"kind":"meta", sys.argv[1]: json.loads(sys.argv[2])}))' "$1" "$2" >>"$RESULTS"
+}
+

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Turns the results.jsonl of benches/load/run.sh into the Markdown tables of BENCHMARKS.md.
+
+Per scenario and system: the median of the repeats and their spread (min-max); ratios are
+computed from the medians of this one run: Portcullis against the better of nginx and HAProxy
+(by throughput) and against the direct client -> upstream connection.
+"""
+
+import json
+import statistics
+import sys
+
+TITLES = {
+    "s1": "S1 HTTP/1.1 keep-alive proxy (64 connections)",
+    "s2": "S2 HTTPS termination (TLS 1.3, ECDSA P-256) -> HTTP upstream (64 connections)",
+    "s3": "S3 mTLS downstream (mtls-auth + acl) -> HTTPS upstream verified at depth 1, pooled (64 connections)",
+    "s4": "S4 new TLS handshakes per second (one request per connection, no resumption, 32 concurrent)",
+    "s5bulk": "S5 passthrough by SNI: bulk download (4 connections, 32 MiB responses over end-to-end TLS)",
+    "s5conn": "S5 passthrough by SNI: new connections per second (full TLS handshake with the upstream, 32 concurrent)",
+}
+ORDER = ["direct", "portcullis", "nginx", "haproxy"]
+PEERS = ["nginx", "haproxy"]
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def spread(xs):
+    xs = [x for x in xs if x is not None]
+    return (min(xs), max(xs)) if xs else (None, None)
+
+
+def fmt(x, nd=0):
+    if x is None:
+        return "–"
+    return f"{x:,.{nd}f}"
+
+
+def main(path):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    meta = {}
+    for r in rows:
+        if r.get("kind") == "meta":
+            meta.update({k: v for k, v in r.items() if k != "kind"})
+    load = [r for r in rows if r.get("kind") == "load"]
+    mem = [r for r in rows if r.get("kind") == "mem"]
+    out = []
+    p = out.append
+    p(f"Run {meta.get('start', '?')} (git {meta.get('git', '?')}); machine: {meta.get('machine', '?')}")
+    p(f"Versions: {meta.get('versions', '?')}")
+    st = meta.get("settings", {})
+    p(
+        f"Settings: {st.get('duration')} s measured after {st.get('warmup')} s warm-up, "
+        f"{st.get('repeats')} interleaved repeats; client on CPU {st.get('client_cpu')}, "
+        f"proxy + upstream on CPU {st.get('server_cpu')}"
+    )
+    loads = {k: v for k, v in meta.items() if k.startswith("loadavg")}
+    p("Load average (1/5/15 min): " + ", ".join(f"{k[8:]} {v}" for k, v in loads.items()))
+    p("")
+
+    summary = []
+    for s in TITLES:
+        rs = [r for r in load if r["scenario"] == s]
+        if not rs:
+            continue
+        bulk = s == "s5bulk"
+        unit = "Gbit/s" if bulk else "req/s"
+        key = "gbps" if bulk else "rps"
+        p(f"### {TITLES[s]}")
+        p("")
+        extra = " | upstream conns" if s == "s3" else ""
+        per = "proxy CPU ms/GiB" if bulk else "proxy CPU µs/req"
+        p(
+            f"| system | {unit} median (min–max) | p50 ms | p99 ms | proxy CPU s | {per} "
+            f"| ctx switches/req | upstream CPU s | peak RSS MiB | client CPU | errors{extra} |"
+        )
+        p("|---|---|---|---|---|---|---|---|---|---|---" + ("|---" if extra else "") + "|")
+        agg = {}
+        for sys_ in ORDER:
+            x = [r for r in rs if r["system"] == sys_]
+            if not x:
+                continue
+            thr = [r[key] for r in x]
+            cpu = [r["proxy_cpu_s"] for r in x]
+            if bulk:
+                # Per GiB moved: the bulk responses are 32 MiB each.
+                per_req = [
+                    r["proxy_cpu_s"] / (r["bytes"] / 2**30) * 1e3
+                    for r in x
+                    if r["proxy_cpu_s"] is not None and r["bytes"]
+                ]
+            else:
+                per_req = [
+                    r["proxy_cpu_s"] / r["requests"] * 1e6
+                    for r in x
+                    if r["proxy_cpu_s"] is not None and r["requests"]
+                ]
+            rss = [r["peak_rss_kib"] / 1024 for r in x if r["peak_rss_kib"]]
+            cs = [
+                r["ctx_switches"] / r["requests"]
+                for r in x
+                if r.get("ctx_switches") is not None and r["requests"]
+            ]
+            a = {
+                "thr": med(thr),
+                "p50": med([r["p50_ms"] for r in x]),
+                "p99": med([r["p99_ms"] for r in x]),
+            }
+            agg[sys_] = a
+            lo, hi = spread(thr)
+            nd = 2 if bulk else 0
+            errors = sum(r["errors"] for r in x)
+            up = f" | {fmt(med([r['upstream_conns'] for r in x]))}" if extra else ""
+            p(
+                f"| {sys_} | {fmt(a['thr'], nd)} ({fmt(lo, nd)}–{fmt(hi, nd)}) | {fmt(a['p50'], 2)} "
+                f"| {fmt(a['p99'], 2)} | {fmt(med(cpu), 2)} | {fmt(med(per_req), 1)} "
+                f"| {fmt(med(cs), 2)} | {fmt(med([r['upstream_cpu_s'] for r in x]), 2)} | {fmt(med(rss), 1)} "
+                f"| {fmt(med([r['client_util'] * 100 for r in x]))} % | {errors}{up} |"
+            )
+        tls = sorted({f"{r['system']}: {r['tls']}" for r in rs if r.get("tls")})
+        if tls:
+            p("Negotiated (client offers only the X25519 group): " + "; ".join(tls))
+        p("")
+        pc = agg.get("portcullis")
+        peers = [(agg[k]["thr"], k) for k in PEERS if k in agg]
+        if pc and peers:
+            best_thr, best = max(peers)
+            b = agg[best]
+            d = agg.get("direct")
+            summary.append(
+                (
+                    s,
+                    best,
+                    pc["thr"] / best_thr if best_thr else None,
+                    pc["p99"] / b["p99"] if b["p99"] else None,
+                    pc["thr"] / d["thr"] if d and d["thr"] else None,
+                    b["thr"] / d["thr"] if d and d["thr"] else None,
+                )
+            )
+    if summary:
+        p("### Ratios (medians of this run)")
+        p("")
+        p(
+            "| scenario | better peer | Portcullis / peer throughput | Portcullis / peer p99 "
+            "| Portcullis / direct | peer / direct |"
+        )
+        p("|---|---|---|---|---|---|")
+        for s, best, thr, p99, direct, peer_direct in summary:
+            p(
+                f"| {s} | {best} | {fmt(thr, 2)}× | {fmt(p99, 2)}× | {fmt(direct, 2)}× "
+                f"| {fmt(peer_direct, 2)}× |"
+            )
+        p("")
+    if mem:
+        p("### Memory (VmRSS)")
+        p("")
+        p("| system | idle MiB | 1,000 keep-alive connections MiB | notes |")
+        p("|---|---|---|---|")
+        for m in mem:
+            if "conns_1000_rss_kib" in m:
+                p(
+                    f"| {m['system']} | {fmt(m['idle_rss_kib'] / 1024, 1)} "
+                    f"| {fmt(m['conns_1000_rss_kib'] / 1024, 1)} | {m['conns_open']} connections open |"
+                )
+            else:
+                p(
+                    f"| {m['system']} | {fmt(m['idle_rss_kib'] / 1024, 1)} | – | peak "
+                    f"{fmt(m['peak_rss_kib'] / 1024, 1)} MiB; listening {m['startup_s']} s after start; "
+                    f"probe request → {m['probe_status']} |"
+                )
+        p("")
+    print("\n".join(out))
+
+
+def line(text):
+    r = json.loads(text)
+    cpu = r["proxy_cpu_s"]
+    print(
+        f"{r['rps']:,.0f} req/s {r['gbps']:.2f} Gbit/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms "
+        f"errors {r['errors']} client CPU {r['client_util']:.0%} "
+        f"proxy CPU {'-' if cpu is None else f'{cpu:.2f} s'}"
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--line":
+        line(sys.argv[2])
+        sys.exit(0)
+    main(sys.argv[1] if len(sys.argv) > 1 else "target/bench-load/results.jsonl")

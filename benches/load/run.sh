@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The load benchmark of BENCHMARKS.md: Portcullis, nginx and HAProxy side by side, plus the direct
+# client → upstream connection, on loopback, one worker each.
+#
+#   bash benches/load/run.sh                 # every scenario, 3 interleaved repeats, ~12 minutes
+#   BENCH_SCENARIOS="s1 s3" BENCH_REPEATS=1 bash benches/load/run.sh   # a quick look
+#
+# Scenarios: s1 HTTP/1.1 keep-alive; s2 HTTPS termination → HTTP upstream; s3 mTLS (mtls-auth +
+# acl) → HTTPS upstream verified by a private CA at depth 1, pooled; s4 a new TLS handshake per
+# request; s5bulk / s5conn TLS passthrough by SNI (bulk download, new connections). Plus memory:
+# idle, 1,000 keep-alive connections, 10,000 routes + 1,000 certificates (Portcullis).
+#
+# Layout (2 cores): the load client on CPU $BENCH_CLIENT_CPU, proxy and upstream on CPU
+# $BENCH_SERVER_CPU. Everything is started here, on 127.0.0.1 ephemeral ports, with config files
+# in $BENCH_WORK, and killed on exit. Results: $BENCH_WORK/results.jsonl and report.md.
+#
+# Environment:
+#   BENCH_WORK (target/bench-load)  BENCH_DURATION (5 s measured)  BENCH_WARMUP (1 s)
+#   BENCH_REPEATS (3)  BENCH_SCENARIOS ("s1 s2 s3 s4 s5bulk s5conn mem")
+#   BENCH_MAX_LOAD (0.7: wait until the 1-minute load average is below it, polling every 60 s,
+#   at most BENCH_LOAD_WAIT_MIN=40 minutes; empty: do not wait)
+#   PORTCULLIS_BIN (target/release/portcullis; built with `cargo build --release` when missing)
+set -euo pipefail
+
+
+# shellcheck source=benches/load/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+rm -f "$WORK/report.md"
+: >"$RESULTS"
+
+# --- run -------------------------------------------------------------------------------------
+wait_for_quiet
+meta start "\"$(date -u +%FT%TZ)\""
+meta loadavg_start "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+meta machine "\"$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)\""
+meta versions "\"$("$PORTCULLIS_BIN" version 2>&1 | head -1); $(nginx -v 2>&1 | sed 's/.*: //'); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(openssl version | cut -d' ' -f1-2) (system)\""
+meta settings "{\"duration\": $DURATION, \"warmup\": $WARMUP, \"repeats\": $REPEATS, \"client_cpu\": $CCPU, \"server_cpu\": $SCPU}"
+meta git "\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\""
+
+start_upstream
+log "upstream nginx on :$UP_HTTP (http) :$UP_HTTPS (https); proxies: portcullis :$P_PORT nginx :$N_PORT haproxy :$H_PORT"
+
+for s in $SCENARIOS; do
+    [ "$s" = mem ] && continue
+    mode=$(scenario_mode "$s")
+    meta "loadavg_$s" "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+    for sys in portcullis nginx haproxy; do start_system "$sys" "$mode"; done
+    # Smoke: every system answers 2xx before anything is measured.
+    for sys in "${SYSTEMS[@]}"; do
+        # shellcheck disable=SC2046
+        smoke=$(taskset -c "$CCPU" "$PCLOAD" run --addr "127.0.0.1:$(target_port "$s" "$sys")" \
+            --duration 0.3 --warmup 0 $(client_args "$s" "$sys" | sed 's/--conns [0-9]*/--conns 2/'))
+        python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["requests"]>0 and r["errors"]==0 else 1)' "$smoke" ||
+            die "$s: $sys does not answer 2xx: $smoke"
+    done
+    for round in $(seq "$REPEATS"); do
+        # Interleaved, and rotated each round so no system always runs first.
+        n=${#SYSTEMS[@]}
+        for i in $(seq 0 $((n - 1))); do
+            measure "$s" "${SYSTEMS[$(((i + round - 1) % n))]}" "$round"
+        done
+    done
+    stop_systems
+done
+
+if [[ " $SCENARIOS " == *" mem "* ]]; then
+    meta loadavg_mem "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+    for sys in portcullis nginx haproxy; do
+        start_system "$sys" http
+        pid=${SYS_PID[$sys]}
+        sleep 1
+        idle=$(status_kb "$pid" VmRSS)
+        taskset -c "$CCPU" "$PCLOAD" hold --addr "127.0.0.1:${PORT[$sys]}" --conns 1000 --hold 3 >"$RUN/hold-$sys.out" 2>&1 &
+        hpid=$!
+        for _ in $(seq 300); do grep -q '^ready' "$RUN/hold-$sys.out" && break; sleep 0.1; done
+        sleep 1
+        held=$(status_kb "$pid" VmRSS)
+        opened=$(sed -n 's/^ready open=\([0-9]*\).*/\1/p' "$RUN/hold-$sys.out")
+        wait "$hpid" || true
+        echo "{\"kind\":\"mem\",\"system\":\"$sys\",\"idle_rss_kib\":$idle,\"conns_1000_rss_kib\":$held,\"conns_open\":${opened:-0}}" >>"$RESULTS"
+        log "memory $sys: idle $((idle / 1024)) MiB, 1,000 keep-alive connections ($opened open) $((held / 1024)) MiB"
+        stop_pid "$pid"
+        SYS_PID[$sys]=""
+    done
+    # Portcullis with 10,000 routes and 1,000 certificates.
+    big=$RUN/portcullis-big
+    read -r BIG_HTTP BIG_HTTPS <<<"$("$PCLOAD" ports 2)"
+    "$PCLOAD" bigconf --dir "$big" --routes 10000 --certs 1000 --upstream "127.0.0.1:$UP_HTTP" \
+        --listen "127.0.0.1:$BIG_HTTP" --tls-listen "127.0.0.1:$BIG_HTTPS" >/dev/null
+    t0=$(date +%s.%N)
+    PORTCULLIS_LOG=warn taskset -c "$SCPU" "$PORTCULLIS_BIN" run --conf "$big" >"$RUN/portcullis-big.log" 2>&1 &
+    bpid=$!
+    PIDS+=("$bpid")
+    wait_port "$BIG_HTTPS" "$bpid" portcullis-big
+    t1=$(date +%s.%N)
+    sleep 1
+    bigrss=$(status_kb "$bpid" VmRSS)
+    bighwm=$(status_kb "$bpid" VmHWM)
+    # One routed request per kind of entry, to prove the configuration is live.
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: s777.bench.test' "http://127.0.0.1:$BIG_HTTP/r3" || true)
+    echo "{\"kind\":\"mem\",\"system\":\"portcullis-10k-routes-1k-certs\",\"idle_rss_kib\":$bigrss,\"peak_rss_kib\":$bighwm,\"startup_s\":$(python3 -c "print(round($t1-$t0,2))"),\"probe_status\":\"$code\"}" >>"$RESULTS"
+    log "memory portcullis with 10,000 routes + 1,000 certificates: $((bigrss / 1024)) MiB (peak $((bighwm / 1024)) MiB), listening after $(python3 -c "print(round($t1-$t0,2))") s, probe $code"
+    stop_pid "$bpid"
+fi
+
+meta loadavg_end "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+python3 "$ROOT/benches/load/report.py" "$RESULTS" >"$WORK/report.md"
+log "report: $WORK/report.md"
+cat "$WORK/report.md"
