@@ -13,6 +13,8 @@ CCPU=${BENCH_CLIENT_CPU:-0}
 SCPU=${BENCH_SERVER_CPU:-1}
 MAX_LOAD=${BENCH_MAX_LOAD-0.7}
 LOAD_WAIT_MIN=${BENCH_LOAD_WAIT_MIN:-40}
+# Unset: the working tree's release build, brought up to date below (a no-op when it is).
+BUILD_PORTCULLIS=${PORTCULLIS_BIN:+no}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 PCLOAD=$ROOT/benches/load/client/target/release/pcload
 SYSTEMS=(direct portcullis nginx haproxy)
@@ -43,15 +45,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# --- build what is missing -------------------------------------------------------------------
+# --- build ----------------------------------------------------------------------------------
 if [ ! -x "$PCLOAD" ]; then
     log "building the load client (benches/load/client)"
     cargo build --release --quiet --manifest-path benches/load/client/Cargo.toml
 fi
-if [ ! -x "$PORTCULLIS_BIN" ]; then
-    log "building Portcullis (release)"
+if [ "${BUILD_PORTCULLIS:-yes}" = yes ]; then
+    # Never benchmark a stale binary: cargo rebuilds only what changed.
+    log "cargo build --release --bin portcullis"
     cargo build --release --quiet --bin portcullis
 fi
+[ -x "$PORTCULLIS_BIN" ] || die "no Portcullis binary at $PORTCULLIS_BIN"
 
 RUN=${RUN:-$WORK/run}
 rm -rf "$RUN"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where the proxies spend their work, for BENCHMARKS.md "Profiles".
 #
-#   bash benches/load/profile.sh                       # s1 s2 s3 s4 s5conn
+#   bash benches/load/profile.sh                       # s1 s2 s3 s4 s5conn mem
 #   PROFILE_SCENARIOS="s1" bash benches/load/profile.sh
 #
 # 1. callgrind (hardware counters are not available on this VM, so `perf stat -e instructions`
@@ -10,7 +10,8 @@
 #    (8 connections), then dumped. Instructions per request are comparable across systems and
 #    insensitive to other work on the machine. Portcullis' top functions (inclusive and
 #    self) are written next to the dumps.
-# 2. perf (software cpu-clock sampling, which does work here): Portcullis without valgrind under
+# 2. massif ("mem"): Portcullis' heap with 1,000 idle keep-alive connections, by allocation site.
+# 3. perf (software cpu-clock sampling, which does work here): Portcullis without valgrind under
 #    the scenario's normal load, flat profile by symbol, kernel included — where the time goes,
 #    syscalls and copies included, which instruction counts understate.
 #
@@ -23,16 +24,13 @@ RESULTS=/dev/null
 # shellcheck source=benches/load/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SCEN=${PROFILE_SCENARIOS:-"s1 s2 s3 s4 s5conn"}
+SCEN=${PROFILE_SCENARIOS:-"s1 s2 s3 s4 s5conn mem"}
 PDUR=${PROFILE_DURATION:-10}
 PROF=$WORK/profile
-rm -rf "$PROF"
 mkdir -p "$PROF"
 command -v valgrind >/dev/null || die "valgrind not found (apt-get install valgrind)"
 
 start_upstream
-summary=$PROF/summary.tsv
-printf 'scenario\tsystem\trequests\tinstructions\tper_request\n' >"$summary"
 
 client() { # scenario system duration conns
     # shellcheck disable=SC2046
@@ -41,7 +39,10 @@ client() { # scenario system duration conns
 }
 
 for s in $SCEN; do
+    [ "$s" = mem ] && continue
     mode=$(scenario_mode "$s")
+    rm -f "$PROF/callgrind.$s."* "$PROF/$s."*
+    summary=$PROF/$s.summary.tsv
     for sys in portcullis nginx haproxy; do
         out=$PROF/callgrind.$s.$sys
         WRAP=(valgrind --tool=callgrind --instr-atstart=no --dump-instr=no "--callgrind-out-file=$out")
@@ -71,14 +72,40 @@ for s in $SCEN; do
             { callgrind_annotate "$f" 2>/dev/null || true; } | sed -n 1,90p >"$PROF/$s.portcullis.self.txt"
             { callgrind_annotate --inclusive=yes --threshold=100 "$f" 2>/dev/null || true; } |
                 python3 "$ROOT/benches/load/hooks.py" "$requests" >"$PROF/$s.portcullis.hooks.txt"
+            # Heap allocations: calls into the Rust allocator, counted by callgrind.
+            allocs=$({ callgrind_annotate --tree=calling "$f" 2>/dev/null || true; } |
+                sed -n 's/.*>   ???:__rustc::__rdl_alloc\(_zeroed\)\? (\([0-9,]*\)x).*/\2/p' | tr -d , |
+                awk '{n += $1} END {print n + 0}')
+            printf '%22s  Rust heap allocations per request (calls)\n' "$((allocs / (requests > 0 ? requests : 1)))" \
+                >>"$PROF/$s.portcullis.hooks.txt"
         fi
     done
 done
+
+# massif: where 1,000 idle keep-alive connections live in Portcullis' heap.
+if [[ " $SCEN " == *" mem "* ]]; then
+    rm -f "$PROF"/mem.*
+    WRAP=(valgrind --tool=massif --threshold=1 "--massif-out-file=$PROF/mem.massif")
+    WAIT_PORT_TRIES=1200 start_system portcullis http
+    pid=${SYS_PID[portcullis]}
+    taskset -c "$CCPU" "$PCLOAD" hold --addr "127.0.0.1:${PORT[portcullis]}" --conns 1000 --hold 20 >"$PROF/mem.hold.out" 2>&1 &
+    hpid=$!
+    for _ in $(seq 600); do grep -q '^ready' "$PROF/mem.hold.out" && break; sleep 0.1; done
+    sleep 2
+    vgdb --pid="$pid" detailed_snapshot "$PROF/mem.snapshot" >/dev/null 2>&1 || true
+    kill "$hpid" 2>/dev/null || true
+    wait "$hpid" 2>/dev/null || true
+    stop_pid "$pid"
+    SYS_PID[portcullis]=""
+    { ms_print "$PROF/mem.snapshot" 2>/dev/null || true; } | sed -n 1,200p >"$PROF/mem.massif.txt"
+    log "massif: $PROF/mem.massif.txt ($(head -1 "$PROF/mem.hold.out"))"
+fi
 
 # perf: Portcullis at full speed.
 if perf record -e cpu-clock -o /dev/null -- true >/dev/null 2>&1; then
     WRAP=(env)
     for s in $SCEN; do
+        [ "$s" = mem ] && continue
         mode=$(scenario_mode "$s")
         start_system portcullis "$mode"
         pid=${SYS_PID[portcullis]}
@@ -99,7 +126,7 @@ fi
 {
     echo "| scenario | system | requests | instructions | instructions/request |"
     echo "|---|---|---|---|---|"
-    tail -n +2 "$summary" | while IFS=$'\t' read -r s sys req ir per; do
+    cat "$PROF"/*.summary.tsv 2>/dev/null | while IFS=$'\t' read -r s sys req ir per; do
         printf '| %s | %s | %s | %s | %s |\n' "$s" "$sys" "$req" "$(printf "%'d" "$ir")" "$(printf "%'d" "$per")"
     done
 } >"$PROF/profile.md"

@@ -50,6 +50,8 @@ def main(path):
     p = out.append
     p(f"Run {meta.get('start', '?')} (git {meta.get('git', '?')}); machine: {meta.get('machine', '?')}")
     p(f"Versions: {meta.get('versions', '?')}")
+    if "binary" in meta:
+        p(f"Portcullis binary: {meta['binary']}")
     st = meta.get("settings", {})
     p(
         f"Settings: {st.get('duration')} s measured after {st.get('warmup')} s warm-up, "

@@ -19,7 +19,8 @@
 #   BENCH_REPEATS (3)  BENCH_SCENARIOS ("s1 s2 s3 s4 s5bulk s5conn mem")
 #   BENCH_MAX_LOAD (0.7: wait until the 1-minute load average is below it, polling every 60 s,
 #   at most BENCH_LOAD_WAIT_MIN=40 minutes; empty: do not wait)
-#   PORTCULLIS_BIN (target/release/portcullis; built with `cargo build --release` when missing)
+#   PORTCULLIS_BIN (default: target/release/portcullis, rebuilt first with `cargo build --release`;
+#   when set, that binary is used as is)
 set -euo pipefail
 
 
@@ -36,6 +37,7 @@ meta machine "\"$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /pro
 meta versions "\"$("$PORTCULLIS_BIN" version 2>&1 | head -1); $(nginx -v 2>&1 | sed 's/.*: //'); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(openssl version | cut -d' ' -f1-2) (system)\""
 meta settings "{\"duration\": $DURATION, \"warmup\": $WARMUP, \"repeats\": $REPEATS, \"client_cpu\": $CCPU, \"server_cpu\": $SCPU}"
 meta git "\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\""
+meta binary "\"$PORTCULLIS_BIN, built $(date -u -r "$PORTCULLIS_BIN" +%FT%TZ)\""
 
 start_upstream
 log "upstream nginx on :$UP_HTTP (http) :$UP_HTTPS (https); proxies: portcullis :$P_PORT nginx :$N_PORT haproxy :$H_PORT"
