@@ -94,6 +94,7 @@ fn lookup(c: &mut Criterion) {
             ],
             targets: vec![target.clone()],
             connect_timeout: Duration::from_secs(1),
+            health: None,
         })
         .collect();
     let table = StreamTable::new(specs);

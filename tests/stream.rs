@@ -704,3 +704,58 @@ fn accepts_tunnel(port: u16, hello: &[u8]) -> bool {
     let mut first = [0u8; 1];
     matches!(s.read(&mut first), Ok(1))
 }
+
+#[test]
+fn passthrough_to_an_upstream_uses_its_health_checks() {
+    // A passthrough service naming an upstream shares the HTTP side's balancer: a refused connect
+    // counts as a passive failure, the target is ejected (and exported as unhealthy), and new
+    // connections go only to healthy targets.
+    let good = echo_then_bye();
+    let dead = common::closed_port();
+    let services = format!(
+        "  - name: pool\n    host: db-pool\n    port: 5432\n    protocol: tcp\n    routes:\n      - name: pooled\n        protocols: [tls_passthrough]\n        snis: [\"db.example.com\"]\nupstreams:\n  - name: db-pool\n    healthchecks:\n      passive:\n        unhealthy:\n          tcp_failures: 1\n    targets:\n      - target: 127.0.0.1:{good}\n      - target: 127.0.0.1:{dead}\n"
+    );
+    let gw = start(Setup {
+        hello_timeout: "5s",
+        server: "",
+        services,
+    });
+    let hello = client_hello("db.example.com");
+    for i in 0..6 {
+        assert!(
+            accepts_tunnel(gw.stream_port(), &hello),
+            "connection {i} was not routed to the healthy target"
+        );
+    }
+    let dead_label = format!("127.0.0.1:{dead}");
+    let good_label = format!("127.0.0.1:{good}");
+    wait_until(
+        "the dead target to be ejected",
+        Duration::from_secs(5),
+        || {
+            metric(
+                &gw,
+                "portcullis_upstream_target_health",
+                &[("target", dead_label.as_str()), ("state", "unhealthy")],
+            ) == 1.0
+        },
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "portcullis_upstream_target_health",
+            &[("target", good_label.as_str()), ("state", "healthy")],
+        ),
+        1.0
+    );
+    // Once ejected, the dead target is no longer tried: no further connect warnings for it.
+    let warnings_before = gw.log().matches("stream upstream connect failed").count();
+    for _ in 0..4 {
+        assert!(accepts_tunnel(gw.stream_port(), &hello));
+    }
+    assert_eq!(
+        gw.log().matches("stream upstream connect failed").count(),
+        warnings_before,
+        "an ejected target was still tried"
+    );
+}

@@ -8,7 +8,9 @@ pub mod status;
 use crate::config::model::Config;
 use crate::proxy::GatewayProxy;
 use crate::runtime::{self, Runtime, Shared};
-use crate::stream::{StreamApp, StreamRouteSpec, StreamSettings, StreamTable, StreamTarget};
+use crate::stream::{
+    StreamApp, StreamHealth, StreamRouteSpec, StreamSettings, StreamTable, StreamTarget,
+};
 use crate::tls::Acceptor;
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
@@ -28,7 +30,7 @@ pub struct Gateway {
 }
 
 /// The passthrough table of a configuration.
-pub fn stream_table(config: &Config) -> StreamTable {
+pub fn stream_table(config: &Config, balancers: &crate::upstream::BalancerSet) -> StreamTable {
     let specs = config
         .stream_routes
         .iter()
@@ -50,12 +52,18 @@ pub fn stream_table(config: &Config) -> StreamTable {
                     weight: 100,
                 }],
             };
+            let health = s
+                .upstream
+                .and_then(|i| config.upstreams.get(i))
+                .and_then(|u| balancers.get(&u.name))
+                .map(StreamHealth);
             StreamRouteSpec {
                 route: r.name.clone(),
                 service: s.name.clone(),
                 snis: r.snis.clone(),
                 targets,
                 connect_timeout: s.connect_timeout,
+                health,
             }
         })
         .collect();
@@ -86,8 +94,8 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     let fallback = crate::tls::self_signed()?;
     log_config_warnings(&config);
     let rt = build_runtime(config.clone(), fallback.clone(), None)?;
+    let stream_table = Arc::new(ArcSwap::from_pointee(stream_table(&config, &rt.balancers)));
     let shared: Shared = Arc::new(ArcSwap::from_pointee(rt));
-    let stream_table = Arc::new(ArcSwap::from_pointee(stream_table(&config)));
     let gw = Arc::new(Gateway {
         conf_dir,
         shared: shared.clone(),

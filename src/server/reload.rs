@@ -213,8 +213,9 @@ pub fn reload(gw: &Gateway) -> bool {
             super::log_config_warnings(&cfg);
             match super::build_runtime(cfg.clone(), gw.fallback_cert.clone(), Some(&old)) {
                 Ok(rt) => {
+                    let table = super::stream_table(&cfg, &rt.balancers);
                     gw.shared.store(Arc::new(rt));
-                    gw.stream_table.store(Arc::new(super::stream_table(&cfg)));
+                    gw.stream_table.store(Arc::new(table));
                     CONFIG_RELOADS.with_label_values(&["success"]).inc();
                     tracing::info!(
                         config_hash = %cfg.hash,

@@ -32,7 +32,9 @@ use tokio::time::Instant;
 
 pub use clienthello::{ClientHello, Reject, MAX_CLIENT_HELLO_BYTES};
 pub use relay::{relay, Direction, RelayEnd, Totals};
-pub use table::{ConnectError, StreamRoute, StreamRouteSpec, StreamTable, StreamTarget};
+pub use table::{
+    ConnectError, StreamHealth, StreamRoute, StreamRouteSpec, StreamTable, StreamTarget,
+};
 
 use clienthello::ReadError;
 use postgres::{read_prelude_and_hello, Refusal};

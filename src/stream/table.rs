@@ -38,7 +38,21 @@ pub struct StreamRouteSpec {
     pub targets: Vec<StreamTarget>,
     /// Limit for each connect attempt.
     pub connect_timeout: Duration,
+    /// When the service names an upstream: its balancer, whose health state (active probes and
+    /// passive failures) decides which targets take connections. Target `i` here is target `i`
+    /// of the balancer.
+    pub health: Option<StreamHealth>,
     // PostgreSQL's classic SSLRequest is always recognised: there is nothing to configure.
+}
+
+/// The HTTP side's balancer shared with a passthrough route, for target health.
+#[derive(Clone)]
+pub struct StreamHealth(pub Arc<crate::upstream::Balancer>);
+
+impl std::fmt::Debug for StreamHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StreamHealth({})", self.0.upstream.name)
+    }
 }
 
 /// A compiled route: the spec plus its balancer state and resolved metric handles.
@@ -51,6 +65,7 @@ pub struct StreamRoute {
     /// Target indices in smooth weighted round-robin order, one cycle long.
     schedule: Vec<usize>,
     next: AtomicUsize,
+    health: Option<StreamHealth>,
     pub(crate) active: IntGauge,
     pub(crate) bytes_up: IntCounter,
     pub(crate) bytes_down: IntCounter,
@@ -61,6 +76,8 @@ pub struct StreamRoute {
 pub enum ConnectError {
     #[error("route has no target with a weight above 0")]
     NoTarget,
+    #[error("every target of the upstream is unhealthy")]
+    NoHealthyTarget,
     #[error("every target failed; last: {target}: {reason}")]
     AllFailed { target: String, reason: String },
 }
@@ -79,6 +96,7 @@ impl StreamRoute {
             targets: spec.targets,
             schedule,
             next: AtomicUsize::new(0),
+            health: spec.health,
         }
     }
 
@@ -103,9 +121,25 @@ impl StreamRoute {
         let first = self.pick().ok_or(ConnectError::NoTarget)?;
         let count = self.targets.len();
         let mut last = None;
+        let healthy = |i: usize| {
+            self.health
+                .as_ref()
+                .is_none_or(|h| h.0.targets.get(i).is_none_or(|t| t.is_healthy()))
+        };
+        if !(0..count).any(|i| healthy(i) && self.targets[i].weight > 0) {
+            return Err(ConnectError::NoHealthyTarget);
+        }
         for i in (0..count).map(|k| (first + k) % count) {
             let Some(target) = self.targets.get(i).filter(|t| t.weight > 0) else {
                 continue;
+            };
+            if !healthy(i) {
+                continue;
+            }
+            let report = |outcome| {
+                if let Some(h) = &self.health {
+                    h.0.report_passive(i, outcome);
+                }
             };
             let addr = format!("{}:{}", target.host, target.port);
             let attempt = tokio::time::timeout(
@@ -120,10 +154,12 @@ impl StreamRoute {
                     return Ok((stream, addr));
                 }
                 Ok(Err(e)) => {
+                    report(crate::upstream::Outcome::TcpFailure);
                     tracing::warn!(route = %self.name, upstream = %addr, error = %e, "stream upstream connect failed");
                     last = Some((addr, e.to_string()));
                 }
                 Err(_) => {
+                    report(crate::upstream::Outcome::Timeout);
                     tracing::warn!(route = %self.name, upstream = %addr, "stream upstream connect timed out");
                     last = Some((addr, "connect timed out".to_string()));
                 }
@@ -281,6 +317,7 @@ mod tests {
                 weight: 100,
             }],
             connect_timeout: Duration::from_secs(1),
+            health: None,
         }
     }
 

@@ -24,6 +24,7 @@ fn spec(route: &str, snis: &[&str], port: u16) -> StreamRouteSpec {
             weight: 100,
         }],
         connect_timeout: Duration::from_secs(2),
+        health: None,
     }
 }
 
