@@ -1208,6 +1208,18 @@ fn build_upstream(u: &RawUpstream, targets: Vec<Target>, d: &mut Diags) -> Optio
     })
 }
 
+fn bad_url<T>(url: &V<String>, d: &mut Diags) -> Option<T> {
+    d.err(
+        &url.loc,
+        &url.path,
+        format!(
+            "invalid url {:?}: expected scheme://host[:port][/path]",
+            url.v
+        ),
+    );
+    None
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build_service(
     s: &RawService,
@@ -1258,30 +1270,14 @@ fn build_service(
                 let default_port = protocol.map(|p| p.default_port()).unwrap_or(80);
                 let (h, pt) = split_host_port(authority, default_port);
                 if h.is_none() || pt.is_none() {
-                    d.err(
-                        &url.loc,
-                        &url.path,
-                        format!(
-                            "invalid url {:?}: expected scheme://host[:port][/path]",
-                            url.v
-                        ),
-                    );
-                    return None;
+                    return bad_url(url, d);
                 }
                 host = h;
                 port = pt;
                 path = p;
             }
             None => {
-                d.err(
-                    &url.loc,
-                    &url.path,
-                    format!(
-                        "invalid url {:?}: expected scheme://host[:port][/path]",
-                        url.v
-                    ),
-                );
-                return None;
+                return bad_url(url, d);
             }
         }
     } else {
