@@ -193,7 +193,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     }
 
     if let Some(addr) = &config.listeners.status {
-        let app = status::StatusApp { gw: gw.clone() };
+        let app = status::StatusApp::new(gw.clone());
         let mut svc = Service::new(
             "status".to_string(),
             pingora::apps::http_app::HttpServer::new_app(app),

@@ -10,6 +10,46 @@ use std::sync::Arc;
 
 pub struct StatusApp {
     pub gw: Arc<Gateway>,
+    /// Set once every proxy and stream listener accepts connections.
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+impl StatusApp {
+    pub fn new(gw: Arc<Gateway>) -> StatusApp {
+        StatusApp {
+            gw,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Pingora starts each listening service on its own runtime and in no guaranteed order, so
+    /// the status listener can be up before the proxy is. "Ready" means every listener of the
+    /// configuration accepts a connection (checked until it does once).
+    async fn listeners_up(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.ready.load(Ordering::Relaxed) {
+            return true;
+        }
+        let config = self.gw.shared.load().config.clone();
+        let addrs = config
+            .listeners
+            .proxy
+            .iter()
+            .map(|l| l.address.clone())
+            .chain(config.listeners.stream.iter().map(|l| l.address.clone()));
+        for a in addrs {
+            let a = a
+                .replace("0.0.0.0:", "127.0.0.1:")
+                .replace("[::]:", "[::1]:");
+            let connect = tokio::net::TcpStream::connect(a);
+            match tokio::time::timeout(std::time::Duration::from_millis(500), connect).await {
+                Ok(Ok(_)) => {}
+                _ => return false,
+            }
+        }
+        self.ready.store(true, Ordering::Relaxed);
+        true
+    }
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {
@@ -59,11 +99,21 @@ impl ServeHttp for StatusApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         match path.as_str() {
-            "/status" | "/status/ready" => response(
-                200,
-                "application/json",
-                status_json(&self.gw).to_string().into_bytes(),
-            ),
+            "/status" | "/status/ready" => {
+                if self.listeners_up().await {
+                    response(
+                        200,
+                        "application/json",
+                        status_json(&self.gw).to_string().into_bytes(),
+                    )
+                } else {
+                    response(
+                        503,
+                        "application/json",
+                        br#"{"status":"starting"}"#.to_vec(),
+                    )
+                }
+            }
             "/metrics" => {
                 let mut buf = Vec::new();
                 let encoder = prometheus::TextEncoder::new();
