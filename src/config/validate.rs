@@ -55,6 +55,31 @@ impl Index {
         self.map.entry(key.to_string()).or_insert(idx);
     }
 
+    /// Index entity `idx` by its id and name (each unique) and return its id: the given one,
+    /// else the name, else `fallback()`.
+    fn register(
+        &mut self,
+        id: &Option<V<String>>,
+        name: &Option<V<String>>,
+        fallback: impl FnOnce() -> String,
+        idx: usize,
+        d: &mut Diags,
+    ) -> String {
+        let resolved = id
+            .as_ref()
+            .or(name.as_ref())
+            .map(|v| v.v.clone())
+            .unwrap_or_else(fallback);
+        match id {
+            Some(v) => self.add(v, idx, "id", d),
+            None => self.add_plain(&resolved, idx),
+        }
+        if let Some(v) = name {
+            self.add(v, idx, "name", d);
+        }
+        resolved
+    }
+
     fn resolve(&self, r: &V<String>, d: &mut Diags) -> Option<usize> {
         match self.map.get(&r.v) {
             Some(i) => Some(*i),
@@ -243,21 +268,13 @@ pub fn validate(
                 continue;
             }
         };
-        let id = raw
-            .id
-            .as_ref()
-            .map(|v| v.v.clone())
-            .or_else(|| raw.name.as_ref().map(|v| v.v.clone()))
-            .unwrap_or_else(|| format!("ca-{}", fingerprint(&certs[0])));
-        let idx = cas.len();
-        if let Some(v) = &raw.id {
-            ca_index.add(v, idx, "id", d);
-        } else {
-            ca_index.add_plain(&id, idx);
-        }
-        if let Some(v) = &raw.name {
-            ca_index.add(v, idx, "name", d);
-        }
+        let id = ca_index.register(
+            &raw.id,
+            &raw.name,
+            || format!("ca-{}", fingerprint(&certs[0])),
+            cas.len(),
+            d,
+        );
         cas.push(Arc::new(CaCertificate {
             id,
             name: raw.name.as_ref().map(|v| v.v.clone()),
@@ -337,21 +354,13 @@ pub fn validate(
             );
             continue;
         }
-        let idx = certs.len();
-        let id = raw
-            .id
-            .as_ref()
-            .map(|v| v.v.clone())
-            .or_else(|| raw.name.as_ref().map(|v| v.v.clone()))
-            .unwrap_or_else(|| format!("cert-{}", fingerprint(&chain[0])));
-        if let Some(v) = &raw.id {
-            cert_index.add(v, idx, "id", d);
-        } else {
-            cert_index.add_plain(&id, idx);
-        }
-        if let Some(v) = &raw.name {
-            cert_index.add(v, idx, "name", d);
-        }
+        let id = cert_index.register(
+            &raw.id,
+            &raw.name,
+            || format!("cert-{}", fingerprint(&chain[0])),
+            certs.len(),
+            d,
+        );
         let mut snis = Vec::new();
         claim_snis(&raw.snis, &id, &mut sni_owner, &mut snis, d);
         certs.push(Arc::new(Certificate {

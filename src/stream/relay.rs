@@ -235,22 +235,24 @@ mod tests {
         IntCounter::new("t", "test counter").unwrap()
     }
 
+    /// Runs the relay between the two gateway-side ends of duplex pipes on its own task.
+    fn spawn_relay(
+        mut client_side: tokio::io::DuplexStream,
+        mut upstream_side: tokio::io::DuplexStream,
+        idle: Duration,
+    ) -> tokio::task::JoinHandle<(RelayEnd, Totals)> {
+        let (up, down) = (counter(), counter());
+        tokio::spawn(
+            async move { relay(&mut client_side, &mut upstream_side, idle, &up, &down).await },
+        )
+    }
+
     #[tokio::test]
     async fn relays_both_ways_with_half_close() {
         // client_app <-> (client_side | relay | upstream_side) <-> upstream_app
-        let (mut client_app, mut client_side) = duplex(1024);
-        let (mut upstream_side, mut upstream_app) = duplex(1024);
-        let (up, down) = (counter(), counter());
-        let relay = tokio::spawn(async move {
-            relay(
-                &mut client_side,
-                &mut upstream_side,
-                Duration::from_secs(5),
-                &up,
-                &down,
-            )
-            .await
-        });
+        let (mut client_app, client_side) = duplex(1024);
+        let (upstream_side, mut upstream_app) = duplex(1024);
+        let relay = spawn_relay(client_side, upstream_side, Duration::from_secs(5));
 
         let request: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let expected = request.clone();
@@ -281,19 +283,9 @@ mod tests {
 
     #[tokio::test]
     async fn client_closing_after_its_eof_is_a_normal_end() {
-        let (mut client_app, mut client_side) = duplex(64);
-        let (mut upstream_side, mut upstream_app) = duplex(64);
-        let (up, down) = (counter(), counter());
-        let relay = tokio::spawn(async move {
-            relay(
-                &mut client_side,
-                &mut upstream_side,
-                Duration::from_secs(5),
-                &up,
-                &down,
-            )
-            .await
-        });
+        let (mut client_app, client_side) = duplex(64);
+        let (upstream_side, mut upstream_app) = duplex(64);
+        let relay = spawn_relay(client_side, upstream_side, Duration::from_secs(5));
         client_app.write_all(b"Terminate").await.unwrap();
         client_app.shutdown().await.unwrap();
         drop(client_app);
@@ -308,19 +300,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_tunnel_is_closed_after_the_timeout() {
-        let (mut client_app, mut client_side) = duplex(64);
-        let (mut upstream_side, _upstream_app) = duplex(64);
-        let (up, down) = (counter(), counter());
-        let relay = tokio::spawn(async move {
-            relay(
-                &mut client_side,
-                &mut upstream_side,
-                Duration::from_secs(60),
-                &up,
-                &down,
-            )
-            .await
-        });
+        let (mut client_app, client_side) = duplex(64);
+        let (upstream_side, _upstream_app) = duplex(64);
+        let relay = spawn_relay(client_side, upstream_side, Duration::from_secs(60));
         // Activity at 30 s pushes the deadline to 90 s.
         tokio::time::sleep(Duration::from_secs(30)).await;
         client_app.write_all(b"x").await.unwrap();
