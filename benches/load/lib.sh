@@ -17,7 +17,7 @@ LOAD_WAIT_MIN=${BENCH_LOAD_WAIT_MIN:-40}
 BUILD_PORTCULLIS=${PORTCULLIS_BIN:+no}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 PCLOAD=$ROOT/benches/load/client/target/release/pcload
-SYSTEMS=(direct portcullis nginx haproxy)
+read -r -a SYSTEMS <<<"${BENCH_SYSTEMS:-direct portcullis nginx haproxy}"
 HZ=$(getconf CLK_TCK)
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }

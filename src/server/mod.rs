@@ -125,6 +125,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     let mut conf = ServerConf::default();
     let s = &config.server;
     conf.threads = s.threads;
+    conf.work_stealing = false;
     // On SIGTERM (and after handing sockets over on SIGQUIT) Pingora stops accepting, sleeps
     // `grace_period_seconds` while in-flight requests finish, then shuts its runtimes down with
     // `graceful_shutdown_timeout_seconds` — and that shutdown drops whatever is still running.
