@@ -14,6 +14,7 @@ use crate::stream::{
 use crate::tls::Acceptor;
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::listening::Service;
@@ -161,7 +162,14 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
                 tls.enable_h2();
             }
             tls.set_min_proto_version(Some(pingora::tls::ssl::SslVersion::TLS1_2))?;
-            svc.add_tls_with_settings(&l.address, None, tls);
+            // OpenSSL reads a record's header and body separately: a buffer of one full record
+            // keeps that to one read per record, without Pingora's default of 64 KiB zeroed for
+            // every accepted connection.
+            svc.add_listener(
+                ListenerConfig::tcp(l.address.as_str())
+                    .tls(tls)
+                    .l4_buffer(read_buffer(TLS_RECORD_BUFFER)),
+            );
         } else {
             // h2c with prior knowledge on plaintext listeners that ask for it (`http2: true`,
             // Kong's `http2` listen flag; gRPC without TLS): Pingora peeks for the HTTP/2
@@ -174,7 +182,9 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
                     app.server_options = Some(options);
                 }
             }
-            svc.add_tcp(&l.address);
+            // Pingora's HTTP/1 code reads into its own buffers; a read buffer underneath only
+            // adds a copy of every byte and 64 KiB per connection.
+            svc.add_listener(ListenerConfig::tcp(l.address.as_str()).l4_buffer(read_buffer(0)));
         }
         server.add_service(svc);
     }
@@ -189,7 +199,9 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
             },
         );
         let mut svc = Service::new(format!("stream-{i}"), app);
-        svc.add_tcp(&l.address);
+        // The ClientHello is read and the tunnel relayed with our own buffers: unbuffered reads
+        // save a copy of every tunnelled byte and a zeroed 64 KiB per connection.
+        svc.add_listener(ListenerConfig::tcp(l.address.as_str()).l4_buffer(read_buffer(0)));
         server.add_service(svc);
     }
 
@@ -217,4 +229,16 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
         "portcullis starting"
     );
     server.run_forever();
+}
+
+/// A full TLS record: 16 KiB of plaintext plus the largest header, padding and tag.
+const TLS_RECORD_BUFFER: usize = 16 * 1024 + 256 + 5;
+
+/// Listener buffers: `read` bytes of read buffer (0: unbuffered), Pingora's default write
+/// buffer (one MSS, which coalesces a response's header and short body into one send).
+fn read_buffer(read: usize) -> L4BufferSettings {
+    L4BufferSettings {
+        read: Some(read),
+        write: None,
+    }
 }
