@@ -92,6 +92,40 @@ fn conn_info(session: &Session) -> Option<&ConnInfo> {
         .and_then(|s| s.extension.get::<ConnInfo>())
 }
 
+/// The client address as a header value. IPv4 is formatted by hand: `Display` went through
+/// `core::fmt` for each octet, a measurable share of the header hook.
+fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
+    let text;
+    let mut buf = [0u8; 15];
+    let bytes: &[u8] = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            &buf[..n]
+        }
+        std::net::IpAddr::V6(v6) => {
+            text = v6.to_string();
+            text.as_bytes()
+        }
+    };
+    http::HeaderValue::from_bytes(bytes).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
 fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic())
 }
@@ -558,8 +592,7 @@ impl ProxyHttp for GatewayProxy {
             })
             .unwrap_or(false);
         // One formatted address serves both headers (HeaderValue clones share the bytes).
-        let ip = http::HeaderValue::from_str(&client_ip.map(|i| i.to_string()).unwrap_or_default())
-            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        let ip = client_ip.map_or_else(|| http::HeaderValue::from_static(""), ip_header_value);
         let xff = match (trusted, upstream_request.headers.get("x-forwarded-for")) {
             (true, Some(prev)) => http::HeaderValue::from_str(&format!(
                 "{}, {}",
@@ -572,8 +605,9 @@ impl ProxyHttp for GatewayProxy {
         upstream_request.insert_header("x-forwarded-for", xff)?;
         upstream_request.insert_header("x-real-ip", ip)?;
         if !(trusted && upstream_request.headers.contains_key("x-forwarded-proto")) {
+            let proto = if self.tls { "https" } else { "http" };
             upstream_request
-                .insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
+                .insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
         }
         if !(trusted && upstream_request.headers.contains_key("x-forwarded-host")) {
             upstream_request.insert_header("x-forwarded-host", strip_port(&original_host))?;
@@ -803,4 +837,44 @@ pub fn host_with_port(host: &str, port: u16, protocol: Protocol) -> String {
 pub fn json_body(message: &str, request_id: &str) -> Bytes {
     let v = serde_json::json!({ "message": message, "request_id": request_id });
     Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_header_value;
+
+    #[test]
+    fn ip_header_value_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "127.0.0.1",
+            "192.168.1.20",
+            "1.10.100.200",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let parsed: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(parsed).to_str().unwrap(), ip);
+        }
+        for n in [
+            0u32,
+            1,
+            9,
+            10,
+            99,
+            100,
+            199,
+            200,
+            255,
+            256,
+            65_535,
+            16_777_216,
+            u32::MAX,
+        ] {
+            let v4 = std::net::Ipv4Addr::from(n);
+            assert_eq!(ip_header_value(v4.into()).to_str().unwrap(), v4.to_string());
+        }
+    }
 }

@@ -18,6 +18,7 @@ mod test_support;
 mod tests;
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,7 +157,7 @@ impl StreamApp {
     }
 
     /// Handles one accepted connection to its end; returns how it ended with the details logged.
-    pub async fn handle<S>(&self, client: &mut S, peer: Option<String>) -> ConnectionLog
+    pub async fn handle<S>(&self, client: &mut S, peer: Option<SocketAddr>) -> ConnectionLog
     where
         S: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
@@ -179,14 +180,14 @@ impl StreamApp {
             read_prelude_and_hello(client, &mut buf),
         )
         .await;
-        let (hello, postgres) = match hello {
+        let (mut hello, postgres) = match hello {
             Err(_) => return Outcome::ClientHelloTimeout,
             Ok(Err(refusal)) => return refuse(client, &buf, refusal, log).await,
             Ok(Ok(found)) => found,
         };
         log.postgres = postgres;
-        log.alpn = hello.alpn.clone();
-        let Some(sni) = hello.sni.clone() else {
+        log.alpn = std::mem::take(&mut hello.alpn);
+        let Some(sni) = hello.sni.take() else {
             send_alert(client, hello.record_version, alert::UNRECOGNIZED_NAME).await;
             return Outcome::NoSni;
         };
@@ -267,9 +268,10 @@ impl ServerApp for StreamApp {
     ) -> Option<Stream> {
         // Pingora's accept loop stops taking connections on shutdown; tunnels already open are
         // left to finish within the grace period, so the watch needs no handling here.
+        // Kept as an address: formatted only if the connection log line is written.
         let peer = stream
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().map(|a| a.to_string()));
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         self.handle(&mut stream, peer).await;
         // A passthrough connection is never reused for anything else.
         None
@@ -354,13 +356,13 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 /// What is known about one connection; logged once when it ends.
 #[derive(Debug, Clone)]
 pub struct ConnectionLog {
-    pub client: Option<String>,
+    pub client: Option<SocketAddr>,
     pub sni: Option<String>,
     pub alpn: Vec<Vec<u8>>,
     pub postgres: bool,
     pub route: Option<Arc<str>>,
     pub service: Option<Arc<str>>,
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub outcome: Option<Outcome>,
@@ -370,7 +372,7 @@ pub struct ConnectionLog {
 }
 
 impl ConnectionLog {
-    fn new(client: Option<String>) -> Self {
+    fn new(client: Option<SocketAddr>) -> Self {
         ConnectionLog {
             client,
             sni: None,
@@ -396,14 +398,21 @@ impl ConnectionLog {
         crate::metrics::STREAM_CONNECTIONS
             .with_label_values(&[route, outcome.as_str()])
             .inc();
+        if !tracing::enabled!(target: "portcullis::stream", tracing::Level::INFO) {
+            return;
+        }
         let mut alpn = String::new();
         for (i, p) in self.alpn.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
             let _ = write!(alpn, "{sep}{}", String::from_utf8_lossy(p));
         }
+        let client = match self.client {
+            Some(a) => a.to_string(),
+            None => "-".to_string(),
+        };
         tracing::info!(
             target: "portcullis::stream",
-            client = self.client.as_deref().unwrap_or("-"),
+            client = client.as_str(),
             sni = self.sni.as_deref().unwrap_or("-"),
             alpn = alpn.as_str(),
             postgres_ssl_request = self.postgres,

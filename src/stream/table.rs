@@ -62,6 +62,8 @@ pub struct StreamRoute {
     pub service: Arc<str>,
     pub connect_timeout: Duration,
     targets: Vec<StreamTarget>,
+    /// `host:port` of each target, formatted once for the connection logs.
+    labels: Vec<Arc<str>>,
     /// Target indices in smooth weighted round-robin order, one cycle long.
     schedule: Vec<usize>,
     next: AtomicUsize,
@@ -93,6 +95,11 @@ impl StreamRoute {
             name: spec.route,
             service: spec.service,
             connect_timeout: spec.connect_timeout,
+            labels: spec
+                .targets
+                .iter()
+                .map(|t| Arc::from(format!("{}:{}", t.host, t.port)))
+                .collect(),
             targets: spec.targets,
             schedule,
             next: AtomicUsize::new(0),
@@ -117,7 +124,7 @@ impl StreamRoute {
     /// Connects to the next target in weighted round-robin order; when a connect fails or times
     /// out, tries each other enabled target once, in configuration order after the failed one.
     /// Returns the connection and the `host:port` it went to.
-    pub async fn connect(&self) -> Result<(TcpStream, String), ConnectError> {
+    pub async fn connect(&self) -> Result<(TcpStream, Arc<str>), ConnectError> {
         let first = self.pick().ok_or(ConnectError::NoTarget)?;
         let count = self.targets.len();
         let mut last = None;
@@ -141,7 +148,7 @@ impl StreamRoute {
                     h.0.report_passive(i, outcome);
                 }
             };
-            let addr = format!("{}:{}", target.host, target.port);
+            let addr = &self.labels[i];
             let attempt = tokio::time::timeout(
                 self.connect_timeout,
                 TcpStream::connect((target.host.as_str(), target.port)),
@@ -151,17 +158,17 @@ impl StreamRoute {
                 Ok(Ok(stream)) => {
                     // Small TLS records (handshake, PostgreSQL queries) must not wait for Nagle.
                     let _ = stream.set_nodelay(true);
-                    return Ok((stream, addr));
+                    return Ok((stream, addr.clone()));
                 }
                 Ok(Err(e)) => {
                     report(crate::upstream::Outcome::TcpFailure);
                     tracing::warn!(route = %self.name, upstream = %addr, error = %e, "stream upstream connect failed");
-                    last = Some((addr, e.to_string()));
+                    last = Some((addr.to_string(), e.to_string()));
                 }
                 Err(_) => {
                     report(crate::upstream::Outcome::Timeout);
                     tracing::warn!(route = %self.name, upstream = %addr, "stream upstream connect timed out");
-                    last = Some((addr, "connect timed out".to_string()));
+                    last = Some((addr.to_string(), "connect timed out".to_string()));
                 }
             }
         }
@@ -449,7 +456,7 @@ mod tests {
         let route = table.lookup("x.test").unwrap();
         for _ in 0..4 {
             let (_stream, addr) = route.connect().await.unwrap();
-            assert_eq!(addr, format!("127.0.0.1:{good}"));
+            assert_eq!(&*addr, format!("127.0.0.1:{good}"));
         }
     }
 

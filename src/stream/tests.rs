@@ -51,7 +51,7 @@ async fn serve(
             let app = app.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let log = app.handle(&mut sock, Some(peer.to_string())).await;
+                let log = app.handle(&mut sock, Some(peer)).await;
                 let _ = tx.send(log);
             });
         }
@@ -107,7 +107,10 @@ async fn routes_by_sni_and_replays_the_client_hello() {
     assert_eq!(log.outcome, Some(Outcome::Closed));
     assert_eq!(log.route.as_deref(), Some("db"));
     assert_eq!(log.sni.as_deref(), Some("db.example.com"));
-    assert_eq!(log.upstream, Some(format!("127.0.0.1:{port}")));
+    assert_eq!(
+        log.upstream.as_deref(),
+        Some(format!("127.0.0.1:{port}").as_str())
+    );
     assert_eq!(log.bytes_up, expected.len() as u64);
     assert_eq!(log.bytes_down, 12);
     assert_eq!(log.alpn, vec![b"postgresql".to_vec()]);
