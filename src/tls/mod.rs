@@ -269,6 +269,7 @@ pub fn describe(leaf: &X509Ref, chain_der: Vec<Vec<u8>>) -> ClientCertificate {
         .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
         .unwrap_or_default();
     ClientCertificate {
+        chain_sha256: Some(portcullis_plugin_api::chain_sha256(&chain_der)),
         chain_der,
         subject_dn: name_to_string(leaf.subject_name()),
         issuer_dn: name_to_string(leaf.issuer_name()),

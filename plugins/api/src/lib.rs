@@ -137,6 +137,20 @@ pub struct ClientCertificate {
     pub serial: String,
     /// SHA-256 of the leaf DER, lower-case hex: a stable cache key.
     pub fingerprint_sha256: String,
+    /// [`chain_sha256`] of `chain_der`, computed once per connection by the gateway so that
+    /// plugins caching per chain do not hash it on every request; `None` when not computed.
+    pub chain_sha256: Option<[u8; 32]>,
+}
+
+/// SHA-256 over a certificate chain (each certificate's length, then its DER): one key for the
+/// exact chain a client presented.
+pub fn chain_sha256(chain_der: &[Vec<u8>]) -> [u8; 32] {
+    let mut h = openssl::sha::Sha256::new();
+    for der in chain_der {
+        h.update(&(der.len() as u64).to_be_bytes());
+        h.update(der);
+    }
+    h.finish()
 }
 
 /// The state plugins share during one request.
@@ -292,6 +306,18 @@ pub fn is_identity_header(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chain_digest_frames_each_certificate() {
+        let ab_c = chain_sha256(&[b"ab".to_vec(), b"c".to_vec()]);
+        let a_bc = chain_sha256(&[b"a".to_vec(), b"bc".to_vec()]);
+        assert_ne!(
+            ab_c, a_bc,
+            "moving bytes between certificates must change the key"
+        );
+        assert_ne!(chain_sha256(&[b"abc".to_vec()]), ab_c);
+        assert_eq!(ab_c, chain_sha256(&[b"ab".to_vec(), b"c".to_vec()]));
+    }
 
     #[test]
     fn identity_headers() {

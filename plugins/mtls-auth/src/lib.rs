@@ -318,13 +318,9 @@ impl MtlsAuth {
 /// The cache key of a presented chain: SHA-256 over every certificate, length-prefixed. The
 /// plugin computes it itself rather than trusting a digest from elsewhere, because a collision
 /// here would hand one client another's identity.
-fn chain_key(chain_der: &[Vec<u8>]) -> [u8; 32] {
-    let mut h = openssl::sha::Sha256::new();
-    for der in chain_der {
-        h.update(&(der.len() as u64).to_be_bytes());
-        h.update(der);
-    }
-    h.finish()
+fn chain_key(cert: &ClientCertificate) -> [u8; 32] {
+    cert.chain_sha256
+        .unwrap_or_else(|| portcullis_plugin_api::chain_sha256(&cert.chain_der))
 }
 
 /// `RequestCtx::set_upstream_header` drops values a header cannot carry (certificate data may
@@ -482,10 +478,16 @@ impl MtlsAuth {
     }
 
     async fn decide(&self, cert: &ClientCertificate) -> Arc<Decision> {
-        let key = chain_key(&cert.chain_der);
+        let key = chain_key(cert);
         if let Some(d) = self.decisions.get(&key) {
             return d;
         }
+        // Boxed: the verification future (CRL and OCSP fetches) is many kilobytes, and inline it
+        // would be allocated and copied for every request, cached ones included.
+        Box::pin(self.decide_uncached(cert, key)).await
+    }
+
+    async fn decide_uncached(&self, cert: &ClientCertificate, key: [u8; 32]) -> Arc<Decision> {
         let (decision, until) = self.evaluate(cert).await;
         let decision = Arc::new(decision);
         if let Some(until) = until {

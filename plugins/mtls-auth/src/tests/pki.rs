@@ -323,6 +323,7 @@ impl Client {
             sans,
             serial,
             fingerprint_sha256: fingerprint,
+            chain_sha256: None,
         })
     }
 }
