@@ -2,7 +2,9 @@
 //!
 //! Each (route, path) pair is an entry; entries are sorted once by Kong's priority rules, and
 //! requests only visit the entries whose host could match (exact host map, wildcard suffix and
-//! prefix maps, host-less entries), merged in priority order without allocating.
+//! prefix maps) or, for host-less entries, whose prefix path could match (a byte trie of the
+//! prefixes; regex and path-less entries are listed apart), merged in priority order without
+//! allocating.
 
 use crate::config::model::{PathSpec, Route};
 use regex::Regex;
@@ -63,7 +65,73 @@ pub struct Router {
     suffix_hosts: HashMap<String, Vec<u32>>,
     /// `example.*` stored as `example`.
     prefix_hosts: HashMap<String, Vec<u32>>,
-    hostless: Vec<u32>,
+    /// Host-less entries with a prefix path, by that prefix.
+    hostless_prefixes: PrefixTrie,
+    /// Every host-less prefix-path entry, for a request whose path crosses more configured
+    /// prefixes than the merge takes lists.
+    hostless_prefix_all: Vec<u32>,
+    /// Host-less entries with a regex path or no path.
+    hostless_other: Vec<u32>,
+}
+
+/// Entry indices by prefix path, one byte per edge: a request path visits only the nodes of its
+/// own prefixes, however many routes there are.
+#[derive(Debug)]
+struct PrefixTrie {
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Debug, Default)]
+struct TrieNode {
+    /// Sorted by byte.
+    children: Vec<(u8, u32)>,
+    /// Entries whose prefix ends here, ascending.
+    entries: Vec<u32>,
+}
+
+impl Default for PrefixTrie {
+    fn default() -> Self {
+        PrefixTrie {
+            nodes: vec![TrieNode::default()],
+        }
+    }
+}
+
+impl PrefixTrie {
+    fn insert(&mut self, prefix: &[u8], entry: u32) {
+        let mut at = 0usize;
+        for &b in prefix {
+            let next = match self.nodes[at].children.binary_search_by_key(&b, |c| c.0) {
+                Ok(i) => self.nodes[at].children[i].1,
+                Err(i) => {
+                    let id = self.nodes.len() as u32;
+                    self.nodes.push(TrieNode::default());
+                    self.nodes[at].children.insert(i, (b, id));
+                    id
+                }
+            };
+            at = next as usize;
+        }
+        self.nodes[at].entries.push(entry);
+    }
+
+    /// Calls `f` with the entries of every configured prefix of `path`, shortest first, until
+    /// it returns false.
+    fn each_prefix_of<'a>(&'a self, path: &[u8], mut f: impl FnMut(&'a [u32]) -> bool) {
+        let mut node = &self.nodes[0];
+        if !node.entries.is_empty() && !f(&node.entries) {
+            return;
+        }
+        for &b in path {
+            match node.children.binary_search_by_key(&b, |c| c.0) {
+                Ok(i) => node = &self.nodes[node.children[i].1 as usize],
+                Err(_) => return,
+            }
+            if !node.entries.is_empty() && !f(&node.entries) {
+                return;
+            }
+        }
+    }
 }
 
 fn categories(r: &Route) -> u32 {
@@ -177,7 +245,13 @@ impl Router {
             let idx = i as u32;
             let r = k.entry.route.clone();
             if r.hosts.is_empty() {
-                router.hostless.push(idx);
+                match &k.entry.path {
+                    PathMatch::Prefix(p) => {
+                        router.hostless_prefixes.insert(p.as_bytes(), idx);
+                        router.hostless_prefix_all.push(idx);
+                    }
+                    PathMatch::Regex(_) | PathMatch::Any => router.hostless_other.push(idx),
+                }
             }
             for h in &r.hosts {
                 if let Some(s) = h.strip_prefix("*.") {
@@ -243,9 +317,9 @@ impl Router {
         };
 
         // Candidate lists, each ascending in priority order; at most a few per request.
-        let mut lists: [&[u32]; 16] = [&[]; 16];
+        let mut lists: [&[u32]; 32] = [&[]; 32];
         let mut n = 0;
-        fn push<'a>(l: &'a [u32], lists: &mut [&'a [u32]; 16], n: &mut usize) {
+        fn push<'a>(l: &'a [u32], lists: &mut [&'a [u32]; 32], n: &mut usize) {
             if !l.is_empty() && *n < lists.len() {
                 lists[*n] = l;
                 *n += 1;
@@ -287,7 +361,29 @@ impl Router {
                 }
             }
         }
-        push(&self.hostless, &mut lists, &mut n);
+        push(&self.hostless_other, &mut lists, &mut n);
+        if !self.hostless_prefix_all.is_empty() {
+            // The lists of the configured prefixes of this path; if there are more than the
+            // merge has room for, every host-less prefix entry instead (the same candidates,
+            // more of them checked).
+            let before = n;
+            let mut overflow = false;
+            self.hostless_prefixes
+                .each_prefix_of(req.path.as_bytes(), |l| {
+                    if n < lists.len() {
+                        lists[n] = l;
+                        n += 1;
+                        true
+                    } else {
+                        overflow = true;
+                        false
+                    }
+                });
+            if overflow {
+                n = before;
+                push(&self.hostless_prefix_all, &mut lists, &mut n);
+            }
+        }
 
         let lists = &mut lists[..n];
         loop {
@@ -310,6 +406,30 @@ impl Router {
                 });
             }
         }
+    }
+
+    /// Every entry in priority order, hosts checked here: what the indexes must agree with.
+    #[cfg(test)]
+    fn route_linear(&self, req: &RequestInfo<'_>) -> Option<Match> {
+        let host = req
+            .host
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        self.entries.iter().find_map(|e| {
+            let host_ok =
+                e.route.hosts.is_empty() || e.route.hosts.iter().any(|h| wildcard_match(h, &host));
+            let len = if host_ok {
+                self.matches(e, req)?
+            } else {
+                return None;
+            };
+            Some(Match {
+                route: e.route.clone(),
+                matched_len: len,
+            })
+        })
     }
 
     fn matches(&self, e: &Entry, req: &RequestInfo<'_>) -> Option<usize> {
@@ -382,6 +502,130 @@ mod tests {
         assert!(wildcard_match("example.*", "example.org"));
         assert!(!wildcard_match("example.*", "example"));
         assert!(!wildcard_match("example.*", "examples.org"));
+    }
+
+    fn router_from(yaml: &str) -> Router {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("gateway.yaml"), yaml).expect("write");
+        let (config, _) = crate::config::load(dir.path()).expect("configuration loads");
+        Router::new(&config.routes)
+    }
+
+    fn get<'a>(host: &'a str, path: &'a str, method: &'a str) -> RequestInfo<'a> {
+        RequestInfo {
+            host,
+            path,
+            method,
+            tls: false,
+            sni: None,
+            header: &|_| None,
+        }
+    }
+
+    /// The host and path indexes pick exactly what a scan of every entry in priority order
+    /// picks: generated routes with nested prefixes, regexes, hosts, wildcards and methods.
+    #[test]
+    fn indexes_agree_with_a_linear_scan() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let seg = ["a", "ab", "b", "api", "v1", "x"];
+        let mut y = String::from("_format_version: \"3.0\"\nservices:\n  - name: s\n    url: http://127.0.0.1:9\n    routes:\n");
+        for i in 0..400 {
+            let depth = 1 + next(4);
+            let mut path = String::new();
+            for _ in 0..depth {
+                path.push('/');
+                path.push_str(seg[next(seg.len() as u64) as usize]);
+            }
+            if next(5) == 0 && path.len() > 2 {
+                path.truncate(path.len() - 1); // prefixes that end mid-segment
+            }
+            let paths = match next(10) {
+                0 => format!("[\"~{path}/[0-9]+$\"]"),
+                1 => "[]".to_string(),
+                _ => format!("[\"{path}\"]"),
+            };
+            let hosts = match next(6) {
+                0 => "[h1.test]",
+                1 => "[\"*.w.test\"]",
+                _ => "[]",
+            };
+            let methods = if next(4) == 0 {
+                "[POST]"
+            } else if paths == "[]" && hosts == "[]" {
+                "[GET]" // a route needs at least one attribute
+            } else {
+                "[]"
+            };
+            y.push_str(&format!(
+                "      - {{ name: r{i}, paths: {paths}, hosts: {hosts}, methods: {methods}, regex_priority: {} }}\n",
+                next(3)
+            ));
+        }
+        // More nested prefixes of one path than the merge takes lists: the fallback path.
+        let mut deep = String::new();
+        for i in 0..40 {
+            deep.push('z');
+            y.push_str(&format!(
+                "      - {{ name: deep{i}, paths: [\"/{deep}\"], methods: [PUT] }}\n"
+            ));
+        }
+        let router = router_from(&y);
+        let (mut checked, mut via_other) = (0, 0);
+        for _ in 0..3000 {
+            let depth = next(5);
+            let mut path = String::new();
+            for _ in 0..depth {
+                path.push('/');
+                path.push_str(seg[next(seg.len() as u64) as usize]);
+                if next(4) == 0 {
+                    path.push('/');
+                    path.push_str(&next(1000).to_string());
+                }
+            }
+            if path.is_empty() {
+                path.push('/');
+            }
+            let host = ["h1.test", "a.w.test", "other.test", "h1.test:8000"][next(4) as usize];
+            let method = ["GET", "POST"][next(2) as usize];
+            let req = get(host, &path, method);
+            let fast = router
+                .route(&req)
+                .map(|m| (m.route.name.clone(), m.matched_len));
+            let slow = router
+                .route_linear(&req)
+                .map(|m| (m.route.name.clone(), m.matched_len));
+            assert_eq!(fast, slow, "{method} {host}{path}");
+            checked += usize::from(fast.is_some());
+            via_other += usize::from(
+                router
+                    .route(&req)
+                    .is_some_and(|m| !matches!(m.route.paths.first(), Some(PathSpec::Prefix(_)))),
+            );
+        }
+        assert!(
+            checked > 1000,
+            "only {checked} requests matched a route: a weak test"
+        );
+        assert!(
+            via_other > 100,
+            "only {via_other} requests went to regex or path-less host-less routes"
+        );
+        let deep_path = format!("/{}", "z".repeat(45));
+        let req = get("any.test", &deep_path, "PUT");
+        assert_eq!(
+            router.route(&req).map(|m| m.route.name.clone()),
+            Some("deep39".into())
+        );
+        assert_eq!(
+            router.route(&req).map(|m| m.route.name.clone()),
+            router.route_linear(&req).map(|m| m.route.name.clone())
+        );
     }
 
     #[test]
