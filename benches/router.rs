@@ -1,7 +1,7 @@
 //! Route matching (`portcullis::routing::Router::route`) per request, with Kong's priority rules,
 //! for 10 routes and for 10,000 routes in two shapes: every route with a host (1,000 services ×
-//! 10 routes, the indexed case) and no route with a host (10,000 prefix paths: every request
-//! walks the host-less list, the worst case).
+//! 10 routes, the host indexes) and no route with a host (10,000 prefix paths: the host-less
+//! prefix trie).
 //!
 //! `cargo bench --bench router`; reports only, asserts nothing about time.
 
