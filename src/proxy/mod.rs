@@ -186,6 +186,12 @@ impl GatewayProxy {
 impl ProxyHttp for GatewayProxy {
     type CTX = Ctx;
 
+    /// No downstream modules. Pingora's default registers its response-compression module
+    /// switched off, which still builds a module context and runs its filters on every request
+    /// (~1 % of a keep-alive request); the gateway passes bodies through as the upstream sent
+    /// them, as Kong does.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             rt: None,
