@@ -49,9 +49,10 @@ pub enum RelayEnd {
     Error(Direction, io::Error),
 }
 
-/// Names how a failed relay ended, from whether a side had finished sending before.
-fn failed(direction: Direction, e: io::Error, up: &Pipe, down: &Pipe) -> RelayEnd {
-    if up.eof || down.eof {
+/// Names how a failed relay ended, from whether a side had finished sending before (shared
+/// with the splice relay, so both name their ends alike).
+pub(super) fn failed(direction: Direction, e: io::Error, up_eof: bool, down_eof: bool) -> RelayEnd {
+    if up_eof || down_eof {
         RelayEnd::ClosedWithError(direction, e)
     } else {
         RelayEnd::Error(direction, e)
@@ -186,7 +187,7 @@ where
             match up.poll_copy(cx, client, upstream, up_counter, &mut moved) {
                 Poll::Ready(Ok(())) => up.finished = true,
                 Poll::Ready(Err(e)) => {
-                    return Poll::Ready(failed(Direction::Upstream, e, &up, &down))
+                    return Poll::Ready(failed(Direction::Upstream, e, up.eof, down.eof))
                 }
                 Poll::Pending => {}
             }
@@ -195,7 +196,7 @@ where
             match down.poll_copy(cx, upstream, client, down_counter, &mut moved) {
                 Poll::Ready(Ok(())) => down.finished = true,
                 Poll::Ready(Err(e)) => {
-                    return Poll::Ready(failed(Direction::Downstream, e, &up, &down))
+                    return Poll::Ready(failed(Direction::Downstream, e, up.eof, down.eof))
                 }
                 Poll::Pending => {}
             }
