@@ -179,12 +179,3 @@ pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
     )
     .expect("metric registers once")
 });
-
-metric!(
-    STREAM_RELAYS,
-    IntCounterVec,
-    register_int_counter_vec,
-    "portcullis_stream_relays_total",
-    "Passthrough tunnels by data path: splice (zero-copy, both ends TCP) or copy (user-space buffers, the fallback)",
-    &["path"]
-);

@@ -11,8 +11,6 @@
 pub mod clienthello;
 pub mod postgres;
 pub mod relay;
-#[cfg(target_os = "linux")]
-mod splice;
 pub mod table;
 #[cfg(test)]
 mod test_support;
@@ -21,7 +19,6 @@ mod tests;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +28,6 @@ use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -161,35 +157,20 @@ impl StreamApp {
     }
 
     /// Handles one accepted connection to its end; returns how it ended with the details logged.
-    ///
-    /// `tcp_fd` is the descriptor of `client`'s TCP socket when `client` reads it unbuffered
-    /// (nothing read from the socket is held in user space beyond what `client` returns) and
-    /// stays open until this returns: the tunnel is then relayed with `splice(2)` on a
-    /// duplicate of it. `None` relays through `client` with user-space buffers.
-    pub async fn handle<S>(
-        &self,
-        client: &mut S,
-        peer: Option<SocketAddr>,
-        tcp_fd: Option<RawFd>,
-    ) -> ConnectionLog
+    pub async fn handle<S>(&self, client: &mut S, peer: Option<SocketAddr>) -> ConnectionLog
     where
         S: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
         let mut log = ConnectionLog::new(peer);
         let outcome = match self.slots.clone().try_acquire_owned() {
-            Ok(_permit) => self.serve(client, tcp_fd, &mut log).await,
+            Ok(_permit) => self.serve(client, &mut log).await,
             Err(_) => Outcome::OverLimit,
         };
         log.finish(outcome);
         log
     }
 
-    async fn serve<S>(
-        &self,
-        client: &mut S,
-        tcp_fd: Option<RawFd>,
-        log: &mut ConnectionLog,
-    ) -> Outcome
+    async fn serve<S>(&self, client: &mut S, log: &mut ConnectionLog) -> Outcome
     where
         S: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
@@ -253,7 +234,14 @@ impl StreamApp {
         log.bytes_up = buf.len() as u64;
         drop(buf);
 
-        let (end, totals) = self.relay(client, tcp_fd, &mut upstream, &route, log).await;
+        let (end, totals) = relay(
+            client,
+            &mut upstream,
+            self.settings.idle_timeout,
+            &route.bytes_up,
+            &route.bytes_down,
+        )
+        .await;
         log.bytes_up += totals.up;
         log.bytes_down = totals.down;
         match end {
@@ -271,71 +259,6 @@ impl StreamApp {
     }
 }
 
-impl StreamApp {
-    /// Relays the tunnel: with `splice(2)` when the client is a TCP socket we may splice, else
-    /// (or when no pipe can be had) through user-space buffers.
-    async fn relay<S>(
-        &self,
-        client: &mut S,
-        tcp_fd: Option<RawFd>,
-        upstream: &mut TcpStream,
-        route: &StreamRoute,
-        log: &mut ConnectionLog,
-    ) -> (RelayEnd, Totals)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    {
-        let idle = self.settings.idle_timeout;
-        #[cfg(target_os = "linux")]
-        if let Some(fd) = tcp_fd {
-            // Whatever `client` buffered for writing must reach the socket before the kernel
-            // writes behind its back.
-            if let Err(e) = client.flush().await {
-                return (RelayEnd::Error(Direction::Downstream, e), Totals::default());
-            }
-            match splice::Pipes::new().and_then(|p| Ok((p, splice::dup_tcp(fd)?))) {
-                Ok((pipes, client_socket)) => {
-                    log.spliced = true;
-                    crate::metrics::STREAM_RELAYS
-                        .with_label_values(&["splice"])
-                        .inc();
-                    return splice::relay(
-                        pipes,
-                        &client_socket,
-                        upstream,
-                        idle,
-                        &route.bytes_up,
-                        &route.bytes_down,
-                    )
-                    .await;
-                }
-                Err(e) => {
-                    tracing::debug!(target: "portcullis::stream", error = %e, "no splice relay, copying");
-                }
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = tcp_fd;
-        crate::metrics::STREAM_RELAYS
-            .with_label_values(&["copy"])
-            .inc();
-        relay(client, upstream, idle, &route.bytes_up, &route.bytes_down).await
-    }
-}
-
-/// The descriptor of a plain TCP client connection (no TLS layer, not a Unix socket), which
-/// the splice relay can use: the stream listener reads it unbuffered.
-fn tcp_fd(stream: &Stream, peer: Option<SocketAddr>) -> Option<RawFd> {
-    use std::os::fd::AsRawFd;
-    // An inet peer rules out Unix sockets; the downcast rules out anything layered (TLS).
-    peer?;
-    let l4 = stream
-        .as_ref()
-        .as_any()
-        .downcast_ref::<pingora::protocols::l4::stream::Stream>()?;
-    Some(l4.as_raw_fd())
-}
-
 #[async_trait]
 impl ServerApp for StreamApp {
     async fn process_new(
@@ -349,9 +272,7 @@ impl ServerApp for StreamApp {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        // `stream` outlives `handle`, so its descriptor stays open for the splice relay.
-        let fd = tcp_fd(&stream, peer);
-        self.handle(&mut stream, peer, fd).await;
+        self.handle(&mut stream, peer).await;
         // A passthrough connection is never reused for anything else.
         None
     }
@@ -444,8 +365,6 @@ pub struct ConnectionLog {
     pub upstream: Option<Arc<str>>,
     pub bytes_up: u64,
     pub bytes_down: u64,
-    /// The tunnel was relayed with `splice(2)` (zero-copy) rather than user-space copies.
-    pub spliced: bool,
     pub outcome: Option<Outcome>,
     pub detail: Option<String>,
     started: Instant,
@@ -464,7 +383,6 @@ impl ConnectionLog {
             upstream: None,
             bytes_up: 0,
             bytes_down: 0,
-            spliced: false,
             outcome: None,
             detail: None,
             started: Instant::now(),

@@ -49,10 +49,9 @@ pub enum RelayEnd {
     Error(Direction, io::Error),
 }
 
-/// Names how a failed relay ended, from whether a side had finished sending before (shared
-/// with the splice relay, so both name their ends alike).
-pub(super) fn failed(direction: Direction, e: io::Error, up_eof: bool, down_eof: bool) -> RelayEnd {
-    if up_eof || down_eof {
+/// Names how a failed relay ended, from whether a side had finished sending before.
+fn failed(direction: Direction, e: io::Error, up: &Pipe, down: &Pipe) -> RelayEnd {
+    if up.eof || down.eof {
         RelayEnd::ClosedWithError(direction, e)
     } else {
         RelayEnd::Error(direction, e)
@@ -187,7 +186,7 @@ where
             match up.poll_copy(cx, client, upstream, up_counter, &mut moved) {
                 Poll::Ready(Ok(())) => up.finished = true,
                 Poll::Ready(Err(e)) => {
-                    return Poll::Ready(failed(Direction::Upstream, e, up.eof, down.eof))
+                    return Poll::Ready(failed(Direction::Upstream, e, &up, &down))
                 }
                 Poll::Pending => {}
             }
@@ -196,7 +195,7 @@ where
             match down.poll_copy(cx, upstream, client, down_counter, &mut moved) {
                 Poll::Ready(Ok(())) => down.finished = true,
                 Poll::Ready(Err(e)) => {
-                    return Poll::Ready(failed(Direction::Downstream, e, up.eof, down.eof))
+                    return Poll::Ready(failed(Direction::Downstream, e, &up, &down))
                 }
                 Poll::Pending => {}
             }
