@@ -482,6 +482,31 @@ fn bad_input_gets_4xx_or_close_and_gateway_keeps_serving() {
             "garbage request neither answered nor closed within 5 s"
         ),
     }
+    // Host: missing on HTTP/1.1, or not a host[:port] → 400 with Kong's JSON body and an
+    // X-Request-Id; HTTP/1.0 may omit it.
+    for req in [
+        &b"GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        b"GET /sp HTTP/1.1\r\nHost: bad host\r\nConnection: close\r\n\r\n",
+        b"GET /slash HTTP/1.1\r\nHost: a/../b\r\nConnection: close\r\n\r\n",
+        b"GET /hi HTTP/1.1\r\nHost: h\xfftest\r\nConnection: close\r\n\r\n",
+    ] {
+        let out = raw_exchange(port, req, timeout).expect("answered");
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(status_of(&out), Some(400), "{text}");
+        assert!(
+            text.to_ascii_lowercase().contains("\r\nx-request-id: "),
+            "{text}"
+        );
+        assert!(text.contains("\"message\":\"Bad request\""), "{text}");
+    }
+    let out = raw_exchange(port, b"GET /old HTTP/1.0\r\n\r\n", timeout).expect("answered");
+    assert_eq!(
+        status_of(&out),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(echo.requests(), 1, "only the HTTP/1.0 request is proxied");
     // A header block far beyond any sane limit (2 MB): refused, never forwarded.
     let big = format!(
         "GET /big HTTP/1.1\r\nHost: h.test\r\nX-Big: {}\r\n\r\n",
@@ -496,7 +521,7 @@ fn bad_input_gets_4xx_or_close_and_gateway_keeps_serving() {
     }
     assert_eq!(
         echo.requests(),
-        0,
+        1,
         "oversized or malformed requests reached the upstream"
     );
     // A client that vanishes mid-request (headers and body cut short).

@@ -126,6 +126,25 @@ fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
     http::HeaderValue::from_bytes(bytes).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
+fn host_header_ok(req: &RequestHeader) -> bool {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => valid_host(h.as_bytes()),
+        (Some(_), Some(_)) => false,
+        // HTTP/1.0 may omit it; HTTP/2 carries :authority in the URI.
+        (None, _) => req.version != http::Version::HTTP_11 || req.uri.authority().is_some(),
+    }
+}
+
+/// A `Host` value as nginx accepts it: a reg-name, IPv4 or bracketed IPv6 literal and an
+/// optional port — no spaces, slashes, backslashes, `..` or bytes outside ASCII.
+fn valid_host(h: &[u8]) -> bool {
+    !h.is_empty()
+        && !h.windows(2).any(|w| w == b"..")
+        && h.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+}
+
 fn valid_request_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic())
 }
@@ -243,6 +262,14 @@ impl ProxyHttp for GatewayProxy {
                 ResponseSpec::Error(ErrorKind::HeadersTooLarge),
             )
             .await?;
+            return Ok(true);
+        }
+
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host, with several, or with a Host that is
+        // not a host[:port] gets 400 (nginx, and so Kong, refuse the same). Routing by a host
+        // like `a/../b` or one with spaces would otherwise be routing by garbage.
+        if !host_header_ok(session.req_header()) {
+            respond::send(session, ctx, ResponseSpec::Error(ErrorKind::BadRequest)).await?;
             return Ok(true);
         }
 
@@ -848,6 +875,31 @@ pub fn json_body(message: &str, request_id: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::ip_header_value;
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "h.test",
+            "H.Test:8000",
+            "127.0.0.1:80",
+            "[::1]:8443",
+            "a-b_c.example",
+        ] {
+            assert!(super::valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "bad host",
+            "a/b",
+            "a\\b",
+            "x..y",
+            "h.test\u{7f}",
+            "h\u{e9}.test",
+            "a@b",
+        ] {
+            assert!(!super::valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
 
     #[test]
     fn ip_header_value_matches_display() {
