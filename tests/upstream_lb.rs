@@ -502,6 +502,37 @@ fn consistent_hashing_on_the_client_ip_is_sticky() {
     );
 }
 
+/// SPEC §3 spells the probe interval `healthchecks.active.interval` (Kong: one per state under
+/// `healthy` / `unhealthy`): it probes in both states.
+#[test]
+fn active_interval_at_the_active_level_probes_in_both_states() {
+    let mut a = HttpEcho::start("a");
+    let yaml = format!(
+        "upstreams:
+- name: flat
+  healthchecks:
+    active:
+      type: tcp
+      interval: 0.2
+      healthy:
+        successes: 1
+      unhealthy:
+        tcp_failures: 1
+  targets:
+{}services:
+{}",
+        target(&a.addr(), 100),
+        service("flat", "http", "flat", ""),
+    );
+    let gw = Gateway::start(&yaml);
+    let ta = a.addr();
+    wait_state(&gw, "flat", &ta, "healthy");
+    a.stop();
+    wait_state(&gw, "flat", &ta, "unhealthy");
+    a.restart();
+    wait_state(&gw, "flat", &ta, "healthy");
+}
+
 #[test]
 fn active_http_checks_eject_a_dead_or_sick_target_and_restore_it() {
     let a = HttpEcho::start("a");

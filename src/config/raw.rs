@@ -955,6 +955,9 @@ fn read_healthchecks(n: &Node, p: &str, d: &mut Diags) -> RawHealthchecks {
             h.active_https_verify_certificate = a.bool("https_verify_certificate", d);
             h.active_https_sni = a.str("https_sni", d).map(|v| v.v);
             a.int("concurrency", 1, 65536, d);
+            // SPEC §3 lists `interval` directly under `active`; Kong has one per state. Both
+            // spellings are accepted: `active.interval` is the default for either state.
+            let interval = a.duration("interval", 1000, d);
             if let Some((hn, hp)) = a.field("healthy") {
                 if let Some(mut x) = Obj::new(hn, &hp, d) {
                     h.active_healthy_interval = x.duration("interval", 1000, d);
@@ -974,6 +977,8 @@ fn read_healthchecks(n: &Node, p: &str, d: &mut Diags) -> RawHealthchecks {
                     x.finish(d);
                 }
             }
+            h.active_healthy_interval = h.active_healthy_interval.or(interval);
+            h.active_unhealthy_interval = h.active_unhealthy_interval.or(interval);
             a.finish_known(d, &["headers"]);
         }
     }
