@@ -106,7 +106,7 @@ fn check(dir: &std::path::Path) -> ExitCode {
             }
             let expiry = portcullis::config::expiry_report(&config);
             for line in &expiry.warnings {
-                println!("warning: {line}");
+                println!("{line}");
             }
             if !expiry.errors.is_empty() {
                 for line in &expiry.errors {

@@ -198,6 +198,46 @@ fn cert_key_mismatch_points_at_key() {
     );
 }
 
+/// Kong refuses a CA certificate without the CA basic constraint; an expired certificate is an
+/// error of `check`, located at its definition like every other error.
+#[test]
+fn leaf_as_ca_and_expired_certificates_are_located_errors() {
+    let pki = Pki::new();
+    let conf = ConfDir::new()
+        .with("certs/leaf.crt", &pki.alice.cert_pem)
+        .with("certs/root.crt", &pki.root.cert_pem)
+        .with(
+            "gateway.yaml",
+            "ca_certificates:\n- name: ok\n  cert_file: certs/root.crt\n- name: leaf\n  cert_file: certs/leaf.crt\n",
+        );
+    let out = check(&conf);
+    assert_error(
+        &out,
+        "conf/gateway.yaml:5:14: ca_certificates[1].cert_file: ",
+        "does not appear to be a CA because it is missing the \"CA\" basic constraint",
+    );
+    assert_eq!(
+        out.lines_starting("conf/gateway.yaml:3:").len(),
+        0,
+        "{}",
+        out.all()
+    );
+
+    let conf = ConfDir::new()
+        .with("certs/old.crt", &pki.server_expired.cert_pem)
+        .with("certs/old.key", &pki.server_expired.key_pem)
+        .with(
+            "gateway.yaml",
+            "services: []\ncertificates:\n- name: old\n  cert_file: certs/old.crt\n  key_file: certs/old.key\n  snis: [old.example.com]\n",
+        );
+    let out = check(&conf);
+    assert_error(
+        &out,
+        "conf/gateway.yaml:3:3: certificates[0]: ",
+        "expired at",
+    );
+}
+
 #[test]
 fn missing_and_invalid_pem_files() {
     let conf = ConfDir::new()

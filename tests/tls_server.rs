@@ -121,11 +121,13 @@ fn certificate_chosen_by_sni_exact_wildcard_default() {
     // SNI is case-insensitive.
     assert_eq!(served(port, Some("WEB.Example.com")).serial, s.wild.serial);
     assert_eq!(served(port, Some("shop.test")).serial, s.suffix.serial);
+    // A wildcard covers one label only, and not the bare domain: `shop.*` is `shop.` plus the
+    // last label (Kong: `shop.example.org` would need `shop.example.*`).
     assert_eq!(
         served(port, Some("shop.example.org")).serial,
-        s.suffix.serial
+        s.fallback.serial
     );
-    // A wildcard covers one label only, and not the bare domain.
+    assert_eq!(served(port, Some("shop")).serial, s.fallback.serial);
     assert_eq!(
         served(port, Some("a.b.example.com")).serial,
         s.fallback.serial

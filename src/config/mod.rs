@@ -232,27 +232,34 @@ pub fn expiry_report(config: &Config) -> ExpiryReport {
         errors: Vec::new(),
         warnings: Vec::new(),
     };
-    let mut look = |kind: &str, name: &str, subject: &str, not_after: i64| {
+    let mut look = |origin: &str, kind: &str, name: &str, subject: &str, not_after: i64| {
         let when = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after.max(0) as u64),
         );
         if not_after <= now {
             r.errors.push(format!(
-                "{kind} {name:?} ({subject}) expired at {when}: replace it"
+                "{origin}: {kind} {name:?} ({subject}) expired at {when}: replace it"
             ));
         } else if not_after - now < 30 * 86_400 {
             let days = (not_after - now) / 86_400;
             r.warnings.push(format!(
-                "{kind} {name:?} ({subject}) expires in {days} days ({when})"
+                "{origin}: warning: {kind} {name:?} ({subject}) expires in {days} days ({when})"
             ));
         }
     };
     for c in &config.certificates {
-        look("certificate", c.display_name(), &c.subject, c.not_after);
+        look(
+            &c.origin,
+            "certificate",
+            c.display_name(),
+            &c.subject,
+            c.not_after,
+        );
     }
     for c in &config.ca_certificates {
         for cert in &c.certs {
             look(
+                &c.origin,
                 "ca_certificate",
                 c.display_name(),
                 &validate::subject_string(cert),

@@ -94,6 +94,8 @@ pub struct Certificate {
     pub not_after: i64,
     /// SHA-256 of the leaf, hex: identifies the certificate in pool keys and logs.
     pub fingerprint: String,
+    /// `file:line:col: certificates[i]` of its definition, for messages after validation.
+    pub origin: String,
 }
 
 impl Certificate {
@@ -123,6 +125,8 @@ pub struct CaCertificate {
     pub fingerprint: String,
     pub subject: String,
     pub not_after: i64,
+    /// `file:line:col: ca_certificates[i]` of its definition, for messages after validation.
+    pub origin: String,
 }
 
 impl CaCertificate {

@@ -104,6 +104,19 @@ fn fingerprint(c: &X509) -> String {
         .unwrap_or_default()
 }
 
+/// Whether the certificate carries the CA basic constraint (`CA:TRUE`). The openssl crate has no
+/// accessor for basic constraints; its text form is OpenSSL's own rendering of the extension.
+fn is_ca(cert: &X509) -> bool {
+    let Ok(text) = cert.to_text() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&text);
+    text.split("X509v3 Basic Constraints")
+        .nth(1)
+        .and_then(|rest| rest.lines().nth(1))
+        .is_some_and(|l| l.trim_start().starts_with("CA:TRUE"))
+}
+
 pub fn subject_string(c: &X509) -> String {
     c.subject_name()
         .entries()
@@ -268,6 +281,19 @@ pub fn validate(
                 continue;
             }
         };
+        // Kong refuses a CA certificate without the CA basic constraint: a leaf there would be
+        // trusted as an issuer by nothing and silently verify nothing.
+        if let Some(leaf) = certs.iter().find(|c| !is_ca(c)) {
+            d.err(
+                &loc,
+                &path,
+                format!(
+                    "certificate {} does not appear to be a CA because it is missing the \"CA\" basic constraint",
+                    subject_string(leaf)
+                ),
+            );
+            continue;
+        }
         let id = ca_index.register(
             &raw.id,
             &raw.name,
@@ -283,6 +309,7 @@ pub fn validate(
             fingerprint: fingerprint(&certs[0]),
             certs,
             pem,
+            origin: format!("{}: {}", raw.loc, raw.path),
         }));
     }
 
@@ -372,6 +399,7 @@ pub fn validate(
             chain,
             key,
             snis,
+            origin: format!("{}: {}", raw.loc, raw.path),
         }));
     }
     for s in &doc.snis {
@@ -402,6 +430,7 @@ pub fn validate(
                 subject: old.subject.clone(),
                 not_after: old.not_after,
                 fingerprint: old.fingerprint.clone(),
+                origin: old.origin.clone(),
             };
             certs[idx] = Arc::new(rebuilt);
         }

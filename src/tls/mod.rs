@@ -48,7 +48,8 @@ impl ClientCertPolicy {
 
 /// Certificates by SNI for one configuration. Wildcards cover exactly one label, as certificate
 /// wildcards (and Kong's SNI matching) do: `*.example.com` serves `a.example.com`, not
-/// `a.b.example.com` nor `example.com`; `shop.*` serves any name whose first label is `shop`.
+/// `a.b.example.com` nor `example.com`; `shop.*` serves `shop.` plus one label (`shop.test`, not
+/// `shop.example.org`, which would need `shop.example.*`).
 pub struct CertStore {
     /// Exact names and wildcard patterns (`*.example.com`, `example.*`) as written.
     by_name: HashMap<String, Arc<Certificate>>,
@@ -75,7 +76,7 @@ impl CertStore {
         }
     }
 
-    /// Exact SNI, then `*.rest`, then `first.*`, then the default certificate.
+    /// Exact SNI, then `*.rest`, then `all-but-last.*`, then the default certificate.
     pub fn lookup(&self, sni: Option<&str>) -> &Arc<Certificate> {
         let Some(sni) = sni else {
             return &self.default;
@@ -84,11 +85,14 @@ impl CertStore {
         if let Some(c) = self.by_name.get(&sni) {
             return c;
         }
-        // Kong's rule: replace the first label by `*`, or everything after it by `*`.
+        // Kong's rule (`produce_wild_snis`): replace the first label by `*`, then the last one:
+        // `www.domain.com` tries `*.domain.com`, then `www.domain.*`.
         if let Some(i) = sni.find('.') {
             if let Some(c) = self.by_name.get(&format!("*{}", &sni[i..])) {
                 return c;
             }
+        }
+        if let Some(i) = sni.rfind('.') {
             if let Some(c) = self.by_name.get(&format!("{}.*", &sni[..i])) {
                 return c;
             }
@@ -132,6 +136,7 @@ pub fn self_signed() -> Result<Arc<Certificate>, openssl::error::ErrorStack> {
         chain: vec![cert],
         key,
         snis: Vec::new(),
+        origin: "generated at start".into(),
     }))
 }
 
