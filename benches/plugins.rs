@@ -59,6 +59,7 @@ fn setup() -> Setup {
             pem: ca.cert_pem(),
         })],
         conf_dir: std::env::temp_dir(),
+        ..BuildContext::default()
     };
     let mtls_config = json!({ "ca_certificates": ["client-ca"] });
     let acl = portcullis_acl::Factory

@@ -105,10 +105,14 @@ pub struct ServiceRt {
     pub balancer: Option<Arc<Balancer>>,
     /// The Host header sent upstream when `preserve_host` is off and no balancer picks a target.
     pub host_header: http::HeaderValue,
+    /// The service as plugins' log records show it.
+    pub info: Arc<portcullis_plugin_api::EntityInfo>,
 }
 
 pub struct RouteRt {
     pub route: Arc<Route>,
+    /// The route as plugins' log records show it.
+    pub info: Arc<portcullis_plugin_api::EntityInfo>,
     pub service: Arc<ServiceRt>,
     pub plugins: RoutePlugins,
     pub metrics: RouteMetrics,
@@ -124,6 +128,8 @@ pub struct Runtime {
     pub services: HashMap<String, Arc<ServiceRt>>,
     pub balancers: BalancerSet,
     pub loaded_at: SystemTime,
+    /// Global plugin instances with a rewrite phase (run before routing).
+    pub rewrite: plugin::Chain,
 }
 
 impl Runtime {
@@ -202,6 +208,7 @@ pub fn compile(
                 addr,
                 balancer,
                 host_header,
+                info: Arc::new(service_info(s)),
             }),
         );
     }
@@ -234,6 +241,7 @@ pub fn compile(
             routes.resize_with(r.order + 1, || None);
         }
         routes[r.order] = Some(Arc::new(RouteRt {
+            info: Arc::new(route_info(r)),
             route: r.clone(),
             service,
             metrics: RouteMetrics::new(r.service.name.clone(), r.name.clone()),
@@ -250,8 +258,81 @@ pub fn compile(
         services,
         balancers,
         loaded_at: SystemTime::now(),
+        rewrite: plugin::compile_rewrite(&config),
         config,
     })
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "http",
+        Protocol::Https => "https",
+        Protocol::Grpc => "grpc",
+        Protocol::Grpcs => "grpcs",
+        Protocol::Tcp => "tcp",
+        Protocol::Tls => "tls",
+    }
+}
+
+/// Kong's JSON shape of a service, as log serializers write it.
+fn service_info(s: &Service) -> portcullis_plugin_api::EntityInfo {
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    portcullis_plugin_api::EntityInfo {
+        id: s.id.clone(),
+        name: Some(s.name.to_string()),
+        json: serde_json::json!({
+            "id": s.id,
+            "name": &*s.name,
+            "host": s.host,
+            "port": s.port,
+            "protocol": protocol_name(s.protocol),
+            "path": s.path,
+            "retries": s.retries,
+            "connect_timeout": ms(s.connect_timeout),
+            "read_timeout": ms(s.read_timeout),
+            "write_timeout": ms(s.write_timeout),
+            "enabled": s.enabled,
+        }),
+    }
+}
+
+/// Kong's JSON shape of a route, as log serializers write it.
+fn route_info(r: &Route) -> portcullis_plugin_api::EntityInfo {
+    let p = r.protocols;
+    let protocols: Vec<&str> = [
+        (p.http, "http"),
+        (p.https, "https"),
+        (p.grpc, "grpc"),
+        (p.grpcs, "grpcs"),
+    ]
+    .into_iter()
+    .filter_map(|(on, n)| on.then_some(n))
+    .collect();
+    let paths: Vec<String> = r
+        .paths
+        .iter()
+        .map(|p| match p {
+            crate::config::model::PathSpec::Prefix(s) => s.clone(),
+            crate::config::model::PathSpec::Regex { source, .. } => format!("~{source}"),
+        })
+        .collect();
+    portcullis_plugin_api::EntityInfo {
+        id: r.id.clone(),
+        name: Some(r.name.to_string()),
+        json: serde_json::json!({
+            "id": r.id,
+            "name": &*r.name,
+            "hosts": r.hosts,
+            "paths": paths,
+            "methods": r.methods,
+            "protocols": protocols,
+            "strip_path": r.strip_path,
+            "preserve_host": r.preserve_host,
+            "regex_priority": r.regex_priority,
+            "https_redirect_status_code": r.https_redirect_status_code,
+            "service": {"id": r.service.id},
+        }),
+    }
 }
 
 /// `portcullis_certificate_expiry_timestamp_seconds` for every certificate of the config. Series

@@ -194,6 +194,54 @@ impl<'a> Obj<'a> {
         as_reference(n, &p, d)
     }
 
+    /// Collections of credential entities declared by plugins (`keyauth_credentials`, …) that
+    /// this mapping holds; each entry is kept as a located node for the owning plugin's schema.
+    pub fn plugin_credentials(
+        &mut self,
+        d: &mut Diags,
+        top_level: bool,
+    ) -> Vec<RawPluginCredential> {
+        let Kind::Map(entries) = &self.node.kind else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, _) in entries {
+            let Some(key) = k.as_str() else { continue };
+            let Some(kind) = crate::plugin::credential_kind(key) else {
+                continue;
+            };
+            let collection = kind.collection;
+            out.extend(self.objs(key, d, |mut o, d| {
+                let id = o.str("id", d);
+                let consumer = if top_level {
+                    let c = o.reference("consumer", d);
+                    if c.is_none() {
+                        d.err(o.loc(), &o.path, "a top-level credential needs `consumer`");
+                        return None;
+                    }
+                    c
+                } else {
+                    None
+                };
+                let tags = o.str_list("tags", d).into_iter().map(|v| v.v).collect();
+                for meta in ["created_at", "updated_at", "ws_id", "_comment", "_ignore"] {
+                    o.field(meta);
+                }
+                let node = o.node.clone();
+                Some(RawPluginCredential {
+                    collection,
+                    id,
+                    consumer,
+                    tags,
+                    node,
+                    loc: o.loc().clone(),
+                    path: o.path.clone(),
+                })
+            }));
+        }
+        out
+    }
+
     /// Report keys nobody read: unknown fields are errors (a typo must not silently disable
     /// security), Kong fields without effect here are warnings.
     pub fn finish(self, d: &mut Diags) {
@@ -367,6 +415,7 @@ pub struct RawDoc {
     pub plugins: Vec<RawPlugin>,
     pub acls: Vec<RawAcl>,
     pub mtls_auth_credentials: Vec<RawCredential>,
+    pub plugin_credentials: Vec<RawPluginCredential>,
     pub snis: Vec<RawSni>,
     /// Where each settings section was written, so a second definition can be reported.
     pub sections: Vec<(&'static str, Loc)>,
@@ -555,9 +604,47 @@ pub struct RawConsumer {
     pub tags: Vec<String>,
     pub acls: Vec<RawAcl>,
     pub mtls_auth_credentials: Vec<RawCredential>,
+    pub plugin_credentials: Vec<RawPluginCredential>,
     pub plugins: Vec<RawPlugin>,
     pub loc: Loc,
     pub path: String,
+}
+
+/// One entry of a plugin-declared credential collection, before its plugin's schema checks it.
+#[derive(Debug)]
+pub struct RawPluginCredential {
+    pub collection: &'static str,
+    pub id: Option<V<String>>,
+    /// The `consumer` reference of a top-level entry.
+    pub consumer: Option<V<String>>,
+    pub tags: Vec<String>,
+    /// The whole entry; `id`, `consumer`, `tags` and Kong's metadata are dropped before the
+    /// plugin's validator sees it.
+    pub node: Node,
+    pub loc: Loc,
+    pub path: String,
+}
+
+impl RawPluginCredential {
+    /// The entry's own fields, as JSON for the plugin's validator.
+    pub fn fields(&self) -> serde_json::Value {
+        let mut v = self.node.to_json();
+        if let serde_json::Value::Object(m) = &mut v {
+            for meta in [
+                "id",
+                "consumer",
+                "tags",
+                "created_at",
+                "updated_at",
+                "ws_id",
+                "_comment",
+                "_ignore",
+            ] {
+                m.remove(meta);
+            }
+        }
+        v
+    }
 }
 
 #[derive(Debug)]
@@ -653,6 +740,8 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
         })
     });
     doc.snis.extend(snis);
+    let creds = o.plugin_credentials(d, true);
+    doc.plugin_credentials.extend(creds);
     o.finish(d);
 }
 
@@ -1042,9 +1131,12 @@ fn read_consumer(mut o: Obj<'_>, d: &mut Diags) -> Option<RawConsumer> {
             read_credential(c, d, false)
         }),
         plugins: o.objs("plugins", d, |p, d| read_plugin(p, d, false)),
+        plugin_credentials: Vec::new(),
         loc: o.loc().clone(),
         path: o.path.clone(),
     };
+    let mut c = c;
+    c.plugin_credentials = o.plugin_credentials(d, false);
     if c.username.is_none() && c.custom_id.is_none() {
         d.err(
             &c.loc,

@@ -658,6 +658,9 @@ pub fn validate(
     }
     let consumers: Vec<Arc<api::Consumer>> = consumers.into_iter().map(Arc::new).collect();
 
+    // ---- Credential entities declared by plugins (keyauth_credentials, jwt_secrets, …)
+    let plugin_credentials = plugin_credentials(&doc, &consumers, &mut cons_index, d);
+
     // ---- Plugins
     for p in &doc.plugins {
         let mut scope = Scope::default();
@@ -694,7 +697,10 @@ pub fn validate(
             })
             .collect(),
         conf_dir: dir.to_path_buf(),
+        plugin_credentials,
+        instance_id: String::new(),
     };
+    let mut build_ctx = build_ctx;
     let registry = crate::plugin::registry();
     let mut plugins = Vec::new();
     let mut seen_scopes: Vec<(String, Scope, Loc)> = Vec::new();
@@ -740,6 +746,16 @@ pub fn validate(
             .unwrap_or(serde_json::Value::Null);
         // Files a plugin config names (`crl_file`) are watched for reloads too.
         collect_files(&config_json, dir, &mut files);
+        build_ctx.instance_id = match &p.id {
+            Some(id) => id.v.clone(),
+            None => format!(
+                "{}:{}:{}:{}",
+                p.name.v,
+                scope.route.as_deref().unwrap_or(""),
+                scope.service.as_deref().unwrap_or(""),
+                scope.consumer.as_deref().unwrap_or("")
+            ),
+        };
         match factory.build(&config_json, &build_ctx) {
             Ok(_) if !p.enabled => {}
             Ok(plugin) => plugins.push(PluginInstance {
@@ -751,21 +767,7 @@ pub fn validate(
             Err(errs) => {
                 for e in errs {
                     let (loc, path) = match &p.config {
-                        Some(node) => {
-                            // An unknown field is pointed at by its key, like entity fields.
-                            let n = if e.message.starts_with("unknown field") {
-                                node.locate_key(&e.path)
-                                    .unwrap_or_else(|| node.locate(&e.path))
-                            } else {
-                                node.locate(&e.path)
-                            };
-                            let path = if e.path.is_empty() {
-                                format!("{}.config", p.path)
-                            } else {
-                                format!("{}.config.{}", p.path, e.path)
-                            };
-                            (n.loc.clone(), path)
-                        }
+                        Some(node) => locate_node_error(node, &format!("{}.config", p.path), &e),
                         None => (p.loc.clone(), format!("{}.config", p.path)),
                     };
                     d.err(&loc, &path, e.message);
@@ -820,6 +822,119 @@ pub fn validate(
         files,
         hash,
     })
+}
+
+/// Where a problem a plugin reported (`path` relative to `node`) is written, and its entity path.
+fn locate_node_error(node: &super::yaml::Node, base: &str, e: &api::ConfigError) -> (Loc, String) {
+    // An unknown field is pointed at by its key, like entity fields.
+    let n = if e.message.starts_with("unknown field") {
+        node.locate_key(&e.path)
+            .unwrap_or_else(|| node.locate(&e.path))
+    } else {
+        node.locate(&e.path)
+    };
+    let path = if e.path.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}.{}", e.path)
+    };
+    (n.loc.clone(), path)
+}
+
+/// Checks every plugin-declared credential entity with its kind's schema and uniqueness rules and
+/// resolves its consumer (nested entries belong to the enclosing consumer).
+fn plugin_credentials(
+    doc: &RawDoc,
+    consumers: &[Arc<api::Consumer>],
+    cons_index: &mut Index,
+    d: &mut Diags,
+) -> HashMap<&'static str, Vec<Arc<api::credentials::Credential>>> {
+    let mut entries: Vec<(&super::raw::RawPluginCredential, usize)> = Vec::new();
+    for (i, c) in doc.consumers.iter().enumerate() {
+        entries.extend(c.plugin_credentials.iter().map(|pc| (pc, i)));
+    }
+    for pc in &doc.plugin_credentials {
+        if let Some(i) = pc.consumer.as_ref().and_then(|r| cons_index.resolve(r, d)) {
+            entries.push((pc, i));
+        }
+    }
+    let mut out: HashMap<&'static str, Vec<Arc<api::credentials::Credential>>> = HashMap::new();
+    let mut unique: HashMap<(&'static str, &'static str, String), Loc> = HashMap::new();
+    let mut ids: HashMap<(&'static str, String), Loc> = HashMap::new();
+    for (n, (pc, ci)) in entries.into_iter().enumerate() {
+        let Some(kind) = crate::plugin::credential_kind(pc.collection) else {
+            continue;
+        };
+        let Some(consumer) = consumers.get(ci) else {
+            continue;
+        };
+        let fields = pc.fields();
+        let errors = (kind.validate)(&fields);
+        if !errors.is_empty() {
+            for e in errors {
+                let (loc, path) = locate_node_error(&pc.node, &pc.path, &e);
+                d.err(&loc, &path, e.message);
+            }
+            continue;
+        }
+        let mut duplicate = false;
+        for field in kind.unique {
+            let Some(value) = fields.get(*field).map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }) else {
+                continue;
+            };
+            let at = pc.node.locate(field).loc.clone();
+            match unique.get(&(kind.collection, *field, value.clone())) {
+                Some(first) => {
+                    // The value itself may be a secret (an API key): name the places only.
+                    d.err(
+                        &at,
+                        &format!("{}.{field}", pc.path),
+                        format!(
+                            "duplicate {field} in {} (first at {first}); each must be unique",
+                            kind.collection
+                        ),
+                    );
+                    duplicate = true;
+                }
+                None => {
+                    unique.insert((kind.collection, *field, value), at);
+                }
+            }
+        }
+        let id = match &pc.id {
+            Some(v) => {
+                if let Some(first) = ids.get(&(kind.collection, v.v.clone())) {
+                    d.err(
+                        &v.loc,
+                        &v.path,
+                        format!(
+                            "duplicate {} id {:?} (first at {first})",
+                            kind.collection, v.v
+                        ),
+                    );
+                    duplicate = true;
+                }
+                ids.insert((kind.collection, v.v.clone()), v.loc.clone());
+                v.v.clone()
+            }
+            None => format!("{}-{n}", kind.collection),
+        };
+        if duplicate {
+            continue;
+        }
+        out.entry(kind.collection)
+            .or_default()
+            .push(Arc::new(api::credentials::Credential {
+                id,
+                consumer: consumer.clone(),
+                fields,
+                tags: pc.tags.clone(),
+            }));
+    }
+    out
 }
 
 fn collect_files(v: &serde_json::Value, dir: &Path, files: &mut Vec<PathBuf>) {

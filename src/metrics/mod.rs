@@ -112,6 +112,14 @@ metric!(
     &["route", "plugin", "reason"]
 );
 metric!(
+    PLUGIN_PANICS,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_plugin_panics_total",
+    "Plugin phases that panicked (the request got 500 or the phase was skipped)",
+    &["plugin", "phase"]
+);
+metric!(
     STREAM_CONNECTIONS,
     IntCounterVec,
     register_int_counter_vec,

@@ -1,12 +1,17 @@
 //! The plugin registry (every plugin the gateway knows, by name) and the per-route plugin chains
 //! compiled from scoped instances with Kong's precedence.
 
+pub mod chain;
+pub mod headers;
 pub mod prometheus;
 
+pub use chain::{Chain, RoutePlugins};
+
 use crate::config::model::{Config, PluginInstance, Route};
-use portcullis_plugin_api::{ClientCertRequest, Plugin, PluginFactory};
+use portcullis_plugin_api::credentials::CredentialKind;
+use portcullis_plugin_api::{Phases, Plugin, PluginFactory};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Every plugin the gateway can configure. To add your own plugin, add one line here (see the
 /// README, "Write a plugin").
@@ -20,25 +25,23 @@ pub fn registry() -> Vec<Box<dyn PluginFactory>> {
     ]
 }
 
-/// The plugins that apply to one route, sorted by priority (higher first).
-#[derive(Default)]
-pub struct RoutePlugins {
-    /// The chain when no consumer is known (global, service and route instances).
-    pub base: Vec<Arc<dyn Plugin>>,
-    /// The chain once a consumer is identified, for consumers that have scoped instances.
-    pub by_consumer: HashMap<String, Vec<Arc<dyn Plugin>>>,
-    /// Set when some plugin of this route needs the TLS listener to request a client certificate.
-    pub client_cert: Option<ClientCertRequest>,
+/// Every credential collection the registered plugins declare.
+pub fn credential_kinds() -> &'static [&'static CredentialKind] {
+    static KINDS: OnceLock<Vec<&'static CredentialKind>> = OnceLock::new();
+    KINDS.get_or_init(|| {
+        registry()
+            .iter()
+            .flat_map(|f| f.credential_kinds().iter())
+            .collect()
+    })
 }
 
-impl RoutePlugins {
-    /// The chain for `consumer`, or the base chain when that consumer has no scoped instance.
-    pub fn for_consumer(&self, consumer: &str) -> &[Arc<dyn Plugin>] {
-        self.by_consumer
-            .get(consumer)
-            .map(Vec::as_slice)
-            .unwrap_or(&self.base)
-    }
+/// The declared credential kind named `collection`, if any plugin owns it.
+pub fn credential_kind(collection: &str) -> Option<&'static CredentialKind> {
+    credential_kinds()
+        .iter()
+        .copied()
+        .find(|k| k.collection == collection)
 }
 
 /// Specificity of an instance for (route, service, consumer); None when it does not apply.
@@ -98,14 +101,32 @@ pub fn compile(config: &Config, route: &Route) -> RoutePlugins {
     for p in &config.plugins {
         if let Some(c) = &p.scope.consumer {
             if !by_consumer.contains_key(c) {
-                by_consumer.insert(c.clone(), chain(config, route, Some(c)));
+                by_consumer.insert(
+                    c.clone(),
+                    Arc::new(Chain::new(chain(config, route, Some(c)))),
+                );
             }
         }
     }
     let client_cert = base.iter().find_map(|p| p.client_cert_request());
     RoutePlugins {
-        base,
+        base: Arc::new(Chain::new(base)),
         by_consumer,
         client_cert,
     }
+}
+
+/// Global instances that declared the rewrite phase (they run before routing).
+pub fn compile_rewrite(config: &Config) -> Chain {
+    let mut v: Vec<Arc<dyn Plugin>> = config
+        .plugins
+        .iter()
+        .filter(|p| {
+            p.scope.route.is_none() && p.scope.service.is_none() && p.scope.consumer.is_none()
+        })
+        .filter(|p| p.plugin.phases().contains(Phases::REWRITE))
+        .map(|p| p.plugin.clone())
+        .collect();
+    v.sort_by(|a, b| b.priority().cmp(&a.priority()).then(a.name().cmp(b.name())));
+    Chain::new(v)
 }

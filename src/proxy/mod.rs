@@ -5,6 +5,8 @@ pub mod respond;
 
 use crate::config::model::Protocol;
 use crate::metrics;
+use crate::plugin::chain::{self, Chain};
+use crate::plugin::headers::{RequestEdit, ResponseEdit};
 use crate::routing::{normalize_path, upstream_path, RequestInfo};
 use crate::runtime::{RouteRt, Runtime, Shared};
 use crate::tls::upstream::{handshake_hook, UpstreamVerdict};
@@ -17,7 +19,10 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, ALPN};
 use pingora::{Error, ErrorSource, ErrorType};
-use portcullis_plugin_api::{is_identity_header, Flow, Plugin, RequestCtx, RequestView};
+use portcullis_plugin_api::{
+    is_identity_header, LogEntry, Phases, RequestCtx, RequestView, ResponseHead, Try,
+    MAX_BUFFERED_REQUEST_BODY,
+};
 use respond::{ErrorKind, ResponseSpec};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -75,8 +80,17 @@ pub struct Ctx {
     /// Set when the gateway answered itself (404, 426, plugin responses).
     pub responded: Option<u16>,
     original_host: Option<String>,
-    /// Plugins that ran in the access phase, for the later phases.
-    chain: Vec<Arc<dyn Plugin>>,
+    /// The plugin chain of this request (the consumer's once one is identified); `None` on
+    /// routes without plugins, so they pay for no phase.
+    pub chain: Option<Arc<Chain>>,
+    /// A replacement request body still to be sent upstream.
+    body_replacement: Option<Bytes>,
+    /// Connection attempts, for log plugins (Kong's `tries`).
+    tries_log: Vec<Try>,
+    /// The path and query sent upstream, for log plugins.
+    upstream_uri: Option<String>,
+    /// When the current try's peer was chosen (its connect time ends in `connected_to_upstream`).
+    peer_selected: Option<Instant>,
 }
 
 impl Ctx {
@@ -150,15 +164,92 @@ fn valid_request_id(v: &[u8]) -> bool {
 }
 
 impl GatewayProxy {
+    /// Applies what the access phase asked to change in the upstream request: request line,
+    /// body length, headers. Runs on every try (Pingora calls the hook per attempt), so nothing
+    /// is consumed from the context.
+    fn apply_plugin_request_edits(&self, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        let p = &ctx.plugin;
+        let rw = &p.upstream_rewrite;
+        if let Some(m) = &rw.method {
+            req.set_method(m.clone());
+        }
+        if rw.path.is_some() || rw.query.is_some() {
+            let path = rw
+                .path
+                .clone()
+                .unwrap_or_else(|| req.uri.path().to_string());
+            let query = match &rw.query {
+                Some(q) => q.clone(),
+                None => req.uri.query().unwrap_or("").to_string(),
+            };
+            let uri = if query.is_empty() {
+                path
+            } else {
+                format!("{path}?{query}")
+            };
+            match uri.parse::<http::Uri>() {
+                Ok(u) => req.set_uri(u),
+                Err(e) => {
+                    return Err(Error::explain(
+                        ErrorType::InternalError,
+                        format!("a plugin's upstream uri is invalid: {e}"),
+                    ))
+                }
+            }
+        }
+        if let Some(b) = &p.request_body_replacement {
+            req.remove_header(&http::header::TRANSFER_ENCODING);
+            req.insert_header(http::header::CONTENT_LENGTH, b.len().to_string())?;
+        }
+        for n in &p.upstream_headers_remove {
+            req.remove_header(n);
+        }
+        for (n, v) in &p.upstream_headers {
+            req.insert_header(n.clone(), v.clone())?;
+        }
+        for (n, v) in &p.upstream_headers_append {
+            req.append_header(n.clone(), v.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Reads the whole request body (for plugins that declared `BUFFER_REQUEST_BODY`) into the
+    /// plugin context. Pingora replays a body read here from its retry buffer, which holds
+    /// 64 KiB: a longer body could not be forwarded afterwards, so it is refused with 413.
+    async fn buffer_request_body(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        session.enable_retry_buffering();
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > MAX_BUFFERED_REQUEST_BODY {
+                let r = portcullis_plugin_api::PluginResponse::message(
+                    413,
+                    "Request size limit exceeded",
+                );
+                respond::send(session, ctx, ResponseSpec::Plugin(r)).await?;
+                return Ok(false);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        ctx.plugin.request_body = Some(body.freeze());
+        Ok(true)
+    }
+
     async fn run_access(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         route: &RouteRt,
-    ) -> Option<ResponseSpec> {
-        let chain_base = &route.plugins.base;
-        if chain_base.is_empty() && route.plugins.by_consumer.is_empty() {
-            return None;
+    ) -> Result<Option<ResponseSpec>> {
+        if route.plugins.is_empty() {
+            return Ok(None);
+        }
+        let mut current = route.plugins.base.clone();
+        ctx.plugin.route_info = Some(route.info.clone());
+        ctx.plugin.service_info = Some(route.service.info.clone());
+        if route.plugins.phases().contains(Phases::BUFFER_REQUEST_BODY)
+            && !self.buffer_request_body(session, ctx).await?
+        {
+            return Ok(None);
         }
         let req = session.req_header();
         let view = RequestView {
@@ -166,38 +257,10 @@ impl GatewayProxy {
             uri: &req.uri,
             headers: &req.headers,
         };
-        let mut chain: Vec<Arc<dyn Plugin>> = chain_base.clone();
-        let mut i = 0;
-        while i < chain.len() {
-            let p = chain[i].clone();
-            let had_consumer = ctx.plugin.consumer.is_some();
-            let flow = p.access(&view, &mut ctx.plugin).await;
-            ctx.chain.push(p.clone());
-            if let Flow::Respond(r) = flow {
-                return Some(ResponseSpec::Plugin(r));
-            }
-            if !had_consumer {
-                if let Some(c) = &ctx.plugin.consumer {
-                    // A consumer was identified: Kong re-evaluates the remaining plugins with
-                    // consumer-scoped instances taking precedence.
-                    if route.plugins.by_consumer.contains_key(&c.id) {
-                        let prio = p.priority();
-                        let ran: Vec<&'static str> = ctx.chain.iter().map(|p| p.name()).collect();
-                        chain = route
-                            .plugins
-                            .for_consumer(&c.id)
-                            .iter()
-                            .filter(|q| q.priority() <= prio && !ran.contains(&q.name()))
-                            .cloned()
-                            .collect();
-                        i = 0;
-                        continue;
-                    }
-                }
-            }
-            i += 1;
-        }
-        None
+        let answer = chain::access(&route.plugins, &mut current, &view, &mut ctx.plugin).await;
+        ctx.chain = Some(current);
+        ctx.body_replacement = ctx.plugin.request_body_replacement.clone();
+        Ok(answer.map(ResponseSpec::Plugin))
     }
 }
 
@@ -228,7 +291,11 @@ impl ProxyHttp for GatewayProxy {
             tls_version: None,
             responded: None,
             original_host: None,
-            chain: Vec::new(),
+            chain: None,
+            body_replacement: None,
+            tries_log: Vec::new(),
+            upstream_uri: None,
+            peer_selected: None,
         }
     }
 
@@ -333,6 +400,24 @@ impl ProxyHttp for GatewayProxy {
             },
         }
 
+        // Global plugins' rewrite phase runs before routing (ACME challenges, request ids for
+        // requests no route matches).
+        if !rt.rewrite.is_empty() {
+            let answer = {
+                let req = session.req_header();
+                let view = RequestView {
+                    method: &req.method,
+                    uri: &req.uri,
+                    headers: &req.headers,
+                };
+                chain::rewrite(&rt.rewrite, &view, &mut ctx.plugin).await
+            };
+            if let Some(r) = answer {
+                respond::send(session, ctx, ResponseSpec::Plugin(r)).await?;
+                return Ok(true);
+            }
+        }
+
         // Routing borrows the request; keep it in a block so nothing borrowed lives across an
         // await point.
         let matched = {
@@ -389,11 +474,43 @@ impl ProxyHttp for GatewayProxy {
             return Ok(true);
         }
 
-        if let Some(resp) = self.run_access(session, ctx, &route_rt).await {
+        if let Some(resp) = self.run_access(session, ctx, &route_rt).await? {
             respond::send(session, ctx, resp).await?;
             return Ok(true);
         }
-        Ok(false)
+        // A 413 from buffering was already sent.
+        Ok(ctx.responded.is_some())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(chain) = ctx.chain.clone() else {
+            return Ok(());
+        };
+        if ctx.plugin.request_body_replacement.is_some() {
+            // The buffered body arrives once from Pingora's retry buffer; send the plugins'
+            // version instead (Content-Length was set to match).
+            *body = ctx.body_replacement.take();
+        }
+        if !chain.has(Phases::REQUEST_BODY) {
+            return Ok(());
+        }
+        if let Err(r) = chain::request_body(&chain, body, end_of_stream, &mut ctx.plugin) {
+            let status = r.status;
+            if session.response_written().is_none() && ctx.responded.is_none() {
+                respond::send(session, ctx, ResponseSpec::Plugin(r)).await?;
+            }
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "a plugin refused the request body",
+            ));
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -455,6 +572,9 @@ impl ProxyHttp for GatewayProxy {
             }
         };
         ctx.upstream_addr = Some(addr);
+        if ctx.chain.is_some() {
+            ctx.peer_selected = Some(Instant::now());
+        }
         let tls = s.protocol.is_tls();
         let sni = svc
             .tls
@@ -499,7 +619,18 @@ impl ProxyHttp for GatewayProxy {
         digest: Option<&Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_start = Some(Instant::now());
+        let now = Instant::now();
+        if ctx.chain.as_ref().is_some_and(|c| c.has(Phases::LOG)) {
+            let connect_ms = ctx
+                .peer_selected
+                .map(|t| now.duration_since(t).as_millis() as u64)
+                .unwrap_or(0);
+            ctx.tries_log.push(Try {
+                addr: ctx.upstream_addr,
+                connect_ms,
+            });
+        }
+        ctx.upstream_start = Some(now);
         let verdict = digest
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|s| s.extension.get::<UpstreamVerdict>());
@@ -666,14 +797,23 @@ impl ProxyHttp for GatewayProxy {
             upstream_request.insert_header("x-request-id", ctx.plugin.request_id.as_str())?;
         }
 
-        for p in &ctx.chain {
-            p.upstream_request(&mut ctx.plugin);
+        let Some(chain) = ctx.chain.clone() else {
+            return Ok(());
+        };
+        self.apply_plugin_request_edits(upstream_request, ctx)?;
+        if chain.has(Phases::UPSTREAM_REQUEST) {
+            ctx.plugin.upstream = ctx
+                .upstream_addr
+                .map(|a| portcullis_plugin_api::UpstreamInfo {
+                    addr: Some(a),
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                    tls: route.service.service.protocol.is_tls(),
+                });
+            chain::upstream_request(&chain, &mut RequestEdit(upstream_request), &mut ctx.plugin);
         }
-        for n in std::mem::take(&mut ctx.plugin.upstream_headers_remove) {
-            upstream_request.remove_header(&n);
-        }
-        for (n, v) in std::mem::take(&mut ctx.plugin.upstream_headers) {
-            upstream_request.insert_header(n, v)?;
+        if chain.phases.contains(Phases::LOG) {
+            ctx.upstream_uri = upstream_request.uri.path_and_query().map(|p| p.to_string());
         }
         Ok(())
     }
@@ -702,17 +842,52 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.plugin.request_id.as_str())?;
-        let status = upstream_response.status.as_u16();
-        for p in &ctx.chain {
-            p.response_headers(status, &mut ctx.plugin);
-        }
+        let Some(chain) = ctx.chain.clone() else {
+            return Ok(());
+        };
         for (n, v) in std::mem::take(&mut ctx.plugin.response_headers) {
             upstream_response.insert_header(n, v)?;
+        }
+        if chain.has(Phases::RESPONSE_HEADERS) {
+            let status = upstream_response.status.as_u16();
+            let mut edit = ResponseEdit(upstream_response);
+            let mut head = ResponseHead {
+                status,
+                headers: &mut edit,
+                from_gateway: false,
+            };
+            chain::response_headers(&chain, &mut head, &mut ctx.plugin);
+            for (n, v) in std::mem::take(&mut ctx.plugin.response_headers) {
+                upstream_response.insert_header(n, v)?;
+            }
         }
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(chain) = &ctx.chain {
+            if chain.has(Phases::RESPONSE_BODY) {
+                let chain = chain.clone();
+                chain::response_body(&chain, body, end_of_stream, &mut ctx.plugin);
+            }
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(status) = ctx.responded {
+            // A plugin already answered (a body refused mid-stream): nothing more to send.
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let kind = respond::classify(e, ctx);
         if let (Some(reason), Some(route)) = (&ctx.tls_failure, &ctx.route) {
             metrics::UPSTREAM_TLS_FAILURES
@@ -772,8 +947,28 @@ impl ProxyHttp for GatewayProxy {
             .or(ctx.responded)
             .unwrap_or(0);
         let elapsed = ctx.start.elapsed().as_secs_f64();
-        for p in &ctx.chain {
-            p.log(status, &ctx.plugin);
+        if let Some(chain) = ctx.chain.clone() {
+            if chain.has(Phases::LOG) {
+                let req = session.req_header();
+                let entry = LogEntry {
+                    method: &req.method,
+                    uri: &req.uri,
+                    host: ctx.original_host.as_deref().unwrap_or(""),
+                    request_headers: &req.headers,
+                    response_headers: session.response_written().map(|r| &r.headers),
+                    status,
+                    request_body_bytes: session.body_bytes_read() as u64,
+                    response_body_bytes: session.body_bytes_sent() as u64,
+                    started_at: std::time::SystemTime::now() - ctx.start.elapsed(),
+                    latency: elapsed,
+                    upstream_latency: ctx.upstream_ttfb,
+                    upstream_uri: ctx.upstream_uri.as_deref(),
+                    tries: &ctx.tries_log,
+                    error: e.map(|e| e.etype().as_str()),
+                    scheme: if self.tls { "https" } else { "http" },
+                };
+                chain::log(&chain, &entry, &ctx.plugin);
+            }
         }
         if let Some((plugin, reason)) = ctx.plugin.auth_failure {
             let route = ctx.plugin.route.as_deref().unwrap_or("");

@@ -3,10 +3,11 @@
 //! status codes and messages, as `{"message": ..., "request_id": ...}`.
 
 use super::{Ctx, NO_HEALTHY_TARGET, UPSTREAM_TLS_REJECTED};
+use crate::plugin::headers::ResponseEdit;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use portcullis_plugin_api::PluginResponse;
+use portcullis_plugin_api::{Phases, PluginResponse, ResponseHead};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -164,10 +165,6 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, spec: ResponseSpec) -> R
             }
         };
     ctx.responded = Some(status);
-    // Kong runs the header phase on responses the gateway or a plugin answers itself too.
-    for p in &ctx.chain {
-        p.response_headers(status, &mut ctx.plugin);
-    }
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
     resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -184,6 +181,22 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, spec: ResponseSpec) -> R
     }
     for (n, v) in std::mem::take(&mut ctx.plugin.response_headers) {
         resp.insert_header(n, v)?;
+    }
+    // Kong runs the header phase on responses the gateway or a plugin answers itself too (CORS
+    // headers on a 401, a correlation id on a 404).
+    if let Some(chain) = ctx.chain.clone() {
+        if chain.has(Phases::RESPONSE_HEADERS) {
+            let mut edit = ResponseEdit(&mut resp);
+            let mut head = ResponseHead {
+                status,
+                headers: &mut edit,
+                from_gateway: true,
+            };
+            crate::plugin::chain::response_headers(&chain, &mut head, &mut ctx.plugin);
+            for (n, v) in std::mem::take(&mut ctx.plugin.response_headers) {
+                resp.insert_header(n, v)?;
+            }
+        }
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session

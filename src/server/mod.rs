@@ -215,6 +215,13 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
         server.add_service(svc);
     }
 
+    server.add_service(pingora::services::background::background_service(
+        "plugin-flush",
+        FlushOnShutdown {
+            shared: shared.clone(),
+        },
+    ));
+
     reload::start(gw);
     // Pingora writes its pid file only when daemonised; operators (and `kill -QUIT $(cat ...)`
     // for upgrades) expect it either way.
@@ -229,6 +236,24 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
         "portcullis starting"
     );
     server.run_forever();
+}
+
+/// On graceful shutdown, plugins flush what they queued (log batches, exporters) while the
+/// drain period runs, so a SIGTERM does not lose them.
+struct FlushOnShutdown {
+    shared: Shared,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for FlushOnShutdown {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        let rt = self.shared.load_full();
+        let plugins = rt.config.plugins.iter().map(|p| p.plugin.clone()).collect();
+        let flushing = crate::plugin::chain::flush_all(plugins);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), flushing).await;
+        tracing::info!("plugins flushed for shutdown");
+    }
 }
 
 /// A full TLS record: 16 KiB of plaintext plus the largest header, padding and tag.

@@ -216,6 +216,15 @@ pub fn reload(gw: &Gateway) -> bool {
                     let table = super::stream_table(&cfg, &rt.balancers);
                     gw.shared.store(Arc::new(rt));
                     gw.stream_table.store(Arc::new(table));
+                    // Retired plugin instances send what they queued now, not whenever their
+                    // last in-flight request ends.
+                    crate::plugin::chain::flush_all(
+                        old.config
+                            .plugins
+                            .iter()
+                            .map(|p| p.plugin.clone())
+                            .collect(),
+                    );
                     CONFIG_RELOADS.with_label_values(&["success"]).inc();
                     tracing::info!(
                         config_hash = %cfg.hash,

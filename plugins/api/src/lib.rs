@@ -3,25 +3,42 @@
 //! This crate is a leaf: the gateway depends on it and so do plugin crates, so plugins never
 //! depend on the gateway (Cargo would reject the cycle). Nothing here knows about Pingora.
 //!
-//! Phases map onto Pingora's `ProxyHttp` hooks like this:
+//! Phases map onto Pingora's `ProxyHttp` hooks like this (a plugin declares the phases it
+//! implements with [`Plugin::phases`]; the gateway calls nobody in a phase nobody declared):
 //!
-//! | phase (Kong name)        | method                    | called from Pingora's   |
-//! |--------------------------|---------------------------|-------------------------|
-//! | access                   | [`Plugin::access`]        | `request_filter`        |
-//! | upstream request         | [`Plugin::upstream_request`] | `upstream_request_filter` |
-//! | header_filter            | [`Plugin::response_headers`] | `response_filter`     |
-//! | log                      | [`Plugin::log`]           | `logging` (also after errors) |
+//! | phase (Kong name)  | method                        | called from Pingora's           | runs for |
+//! |--------------------|-------------------------------|---------------------------------|----------|
+//! | rewrite            | [`Plugin::rewrite`]           | `request_filter`, before routing | global instances |
+//! | access             | [`Plugin::access`]            | `request_filter`, after routing | the route's chain |
+//! | (body, buffered)   | `ctx.request_body`            | `request_filter` reads ≤ 64 KiB | [`Phases::BUFFER_REQUEST_BODY`] |
+//! | request body       | [`Plugin::request_body`]      | `request_body_filter`           | each chunk |
+//! | upstream request   | [`Plugin::upstream_request`]  | `upstream_request_filter`       | each try |
+//! | header_filter      | [`Plugin::response_headers`]  | `response_filter`               | also gateway answers |
+//! | body_filter        | [`Plugin::response_body`]     | `response_body_filter`          | each chunk |
+//! | log                | [`Plugin::log`]               | `logging` (also after errors)   | every request |
+//!
+//! Authentication plugins identify consumers through [`auth`]; plugins that own credential
+//! entities declare them with [`credentials::CredentialKind`]; counters that must survive reloads
+//! or be shared between replicas live in a [`state::Store`]; queues and timers run on
+//! [`background`].
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod auth;
+pub mod background;
+pub mod credentials;
+pub mod state;
+
 pub use async_trait::async_trait;
+pub use bytes;
 pub use http;
 pub use serde_json;
+pub use tracing;
 
 /// A configuration problem found while building a plugin instance. `path` is relative to the
 /// plugin's `config` object (`ca_certificates[1]`, `allow`), empty for the object itself; the
@@ -96,6 +113,12 @@ pub struct BuildContext {
     pub ca_certificates: Vec<Arc<CaCertificate>>,
     /// The conf directory, for files a plugin's config names relative to it (`crl_file`).
     pub conf_dir: PathBuf,
+    /// Credential entities declared by plugins ([`PluginFactory::credential_kinds`]), by
+    /// collection name, validated by their kind and with consumers resolved.
+    pub plugin_credentials: HashMap<&'static str, Vec<Arc<credentials::Credential>>>,
+    /// A stable id of the instance being built: its `id` in the file, else derived from its
+    /// name and scope, so state keyed by it survives reloads.
+    pub instance_id: String,
 }
 
 impl BuildContext {
@@ -110,6 +133,14 @@ impl BuildContext {
                     .find(|c| c.username.as_deref() == Some(reference))
             })
             .cloned()
+    }
+
+    /// The credentials of one collection (`keyauth_credentials`), in file order.
+    pub fn credentials_of(&self, collection: &str) -> &[Arc<credentials::Credential>] {
+        self.plugin_credentials
+            .get(collection)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// A CA certificate by id or name.
@@ -162,9 +193,13 @@ pub struct RequestCtx {
     pub tls: bool,
     pub sni: Option<String>,
     pub client_certificate: Option<Arc<ClientCertificate>>,
+    /// The matched route's name (its id when it has none); `None` before routing.
     pub route: Option<Arc<str>>,
     pub service: Option<Arc<str>>,
-    /// Set by an authentication plugin.
+    /// The matched route and its service as Kong's log serializer shows them.
+    pub route_info: Option<Arc<EntityInfo>>,
+    pub service_info: Option<Arc<EntityInfo>>,
+    /// Set by an authentication plugin (see [`auth`]).
     pub consumer: Option<Arc<Consumer>>,
     pub credential_identifier: Option<String>,
     /// Groups an authentication plugin derived without a consumer (mtls-auth's
@@ -173,31 +208,100 @@ pub struct RequestCtx {
     pub anonymous: bool,
     /// Headers the gateway sets (replacing) on the upstream request after the access phase.
     pub upstream_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Headers the gateway appends to the upstream request (after the replacements).
+    pub upstream_headers_append: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Headers the gateway removes from the upstream request.
     pub upstream_headers_remove: Vec<http::HeaderName>,
+    /// Request line changes for the upstream, applied after `strip_path` and the service path.
+    pub upstream_rewrite: UpstreamRewrite,
+    /// The whole request body when a plugin of the route declared
+    /// [`Phases::BUFFER_REQUEST_BODY`] (up to [`MAX_BUFFERED_REQUEST_BODY`]); `None` otherwise.
+    pub request_body: Option<bytes::Bytes>,
+    /// A replacement for the request body sent upstream (Content-Length is fixed to match).
+    pub request_body_replacement: Option<bytes::Bytes>,
     /// Headers the gateway sets on the response to the client.
     pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Why authentication failed, for `portcullis_auth_failures_total{plugin,reason}`.
     pub auth_failure: Option<(&'static str, &'static str)>,
+    /// The upstream chosen for this request, once known (upstream request phase onwards).
+    pub upstream: Option<UpstreamInfo>,
     /// Free-form values plugins hand each other.
     pub shared: HashMap<&'static str, String>,
+    /// Typed per-request values (a plugin's own state between phases, or values for others).
+    pub extensions: http::Extensions,
+}
+
+/// How the request line sent upstream differs from the client's.
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamRewrite {
+    pub method: Option<http::Method>,
+    /// A new path (must start with `/`).
+    pub path: Option<String>,
+    /// A new query string without `?`; `Some("")` removes it.
+    pub query: Option<String>,
+}
+
+/// The largest request body the gateway buffers for access-phase plugins: Pingora replays a
+/// body read before proxying from its retry buffer, which holds 64 KiB.
+pub const MAX_BUFFERED_REQUEST_BODY: usize = 64 * 1024;
+
+/// A route or service as log records show it.
+#[derive(Debug, Clone, Default)]
+pub struct EntityInfo {
+    pub id: String,
+    pub name: Option<String>,
+    /// Kong's JSON shape of the entity (for log serializers).
+    pub json: serde_json::Value,
+}
+
+/// Where a request is proxied.
+#[derive(Debug, Clone)]
+pub struct UpstreamInfo {
+    pub addr: Option<SocketAddr>,
+    /// Host (name or address) and port the gateway connects to.
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+fn header_name(name: &str) -> Option<http::HeaderName> {
+    // `from_bytes` lower-cases; `from_static` would panic on `X-Upper`.
+    http::HeaderName::from_bytes(name.as_bytes()).ok()
 }
 
 impl RequestCtx {
-    /// Set (replace) a header on the upstream request. Invalid values are dropped: a header
-    /// built from certificate data must never fail a request.
-    pub fn set_upstream_header(&mut self, name: &'static str, value: &str) {
-        if let Ok(v) = http::HeaderValue::from_str(value) {
-            let name = http::HeaderName::from_static(name);
-            self.upstream_headers.retain(|(n, _)| n != name);
+    /// Set (replace) a header on the upstream request. Names of any case are accepted; invalid
+    /// names or values are dropped: a header built from client or certificate data must never fail
+    /// a request.
+    pub fn set_upstream_header(&mut self, name: &str, value: &str) {
+        if let (Some(name), Ok(v)) = (header_name(name), http::HeaderValue::from_str(value)) {
+            self.upstream_headers.retain(|(n, _)| *n != name);
+            self.upstream_headers_append.retain(|(n, _)| *n != name);
             self.upstream_headers.push((name, v));
         }
     }
 
-    pub fn remove_upstream_header(&mut self, name: &'static str) {
-        let name = http::HeaderName::from_static(name);
-        self.upstream_headers.retain(|(n, _)| n != name);
-        self.upstream_headers_remove.push(name);
+    /// Append a header to the upstream request (keeping what is there).
+    pub fn append_upstream_header(&mut self, name: &str, value: &str) {
+        if let (Some(name), Ok(v)) = (header_name(name), http::HeaderValue::from_str(value)) {
+            self.upstream_headers_append.push((name, v));
+        }
+    }
+
+    pub fn remove_upstream_header(&mut self, name: &str) {
+        if let Some(name) = header_name(name) {
+            self.upstream_headers.retain(|(n, _)| *n != name);
+            self.upstream_headers_append.retain(|(n, _)| *n != name);
+            self.upstream_headers_remove.push(name);
+        }
+    }
+
+    /// Set (replace) a header on the response to the client.
+    pub fn set_response_header(&mut self, name: &str, value: &str) {
+        if let (Some(name), Ok(v)) = (header_name(name), http::HeaderValue::from_str(value)) {
+            self.response_headers.retain(|(n, _)| *n != name);
+            self.response_headers.push((name, v));
+        }
     }
 }
 
@@ -206,6 +310,64 @@ pub struct RequestView<'a> {
     pub method: &'a http::Method,
     pub uri: &'a http::Uri,
     pub headers: &'a http::HeaderMap,
+}
+
+impl RequestView<'_> {
+    /// The first value of `name` as text (`None` when absent or not visible ASCII).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The first value of query argument `name`, percent-decoded (`+` as space).
+    pub fn query_arg(&self, name: &str) -> Option<String> {
+        query_args(self.uri.query().unwrap_or("")).find_map(|(k, v)| (k == name).then_some(v))
+    }
+}
+
+/// `a=1&b=%20x` → `("a","1"), ("b"," x")`: form/query decoding (`+` is a space).
+pub fn query_args(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k), percent_decode(v))
+    })
+}
+
+/// Percent-decoding of a query component; invalid escapes are kept as written.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encoding for query components (unreserved characters kept).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &c in s.as_bytes() {
+        if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
 }
 
 /// A response a plugin sends instead of proxying.
@@ -231,6 +393,22 @@ impl PluginResponse {
             headers: Vec::new(),
         }
     }
+
+    /// An answer with a raw body (e.g. a CORS preflight's empty 204).
+    pub fn raw(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        PluginResponse {
+            status,
+            message: None,
+            body: Some(body.into()),
+            content_type: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
 }
 
 /// What the access phase decided.
@@ -247,8 +425,116 @@ pub struct ClientCertRequest {
     pub ca_names_der: Vec<Vec<u8>>,
 }
 
+/// The phases a plugin implements. The gateway calls a plugin only in the phases it declares, so
+/// a phase no plugin of a route declares costs that route nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Phases(u16);
+
+impl Phases {
+    pub const NONE: Phases = Phases(0);
+    /// [`Plugin::rewrite`]: before routing; global instances only.
+    pub const REWRITE: Phases = Phases(1);
+    /// [`Plugin::access`].
+    pub const ACCESS: Phases = Phases(1 << 1);
+    /// The whole request body (up to [`MAX_BUFFERED_REQUEST_BODY`]) is read before the access
+    /// phase and available as [`RequestCtx::request_body`].
+    pub const BUFFER_REQUEST_BODY: Phases = Phases(1 << 2);
+    /// [`Plugin::request_body`]: each body chunk as it streams upstream.
+    pub const REQUEST_BODY: Phases = Phases(1 << 3);
+    /// [`Plugin::upstream_request`].
+    pub const UPSTREAM_REQUEST: Phases = Phases(1 << 4);
+    /// [`Plugin::response_headers`].
+    pub const RESPONSE_HEADERS: Phases = Phases(1 << 5);
+    /// [`Plugin::response_body`].
+    pub const RESPONSE_BODY: Phases = Phases(1 << 6);
+    /// [`Plugin::log`].
+    pub const LOG: Phases = Phases(1 << 7);
+
+    pub const fn union(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+
+    pub const fn contains(self, other: Phases) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    pub const fn intersects(self, other: Phases) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
+impl std::ops::BitOr for Phases {
+    type Output = Phases;
+    fn bitor(self, rhs: Phases) -> Phases {
+        self.union(rhs)
+    }
+}
+
+/// Headers of a message the gateway is about to send, edited through the gateway (Pingora keeps
+/// header-name case alongside the map, so plugins never touch the map directly).
+pub trait HeaderEdit {
+    fn get(&self, name: &str) -> Option<&http::HeaderValue>;
+    fn get_all(&self, name: &str) -> Vec<&http::HeaderValue>;
+    /// Every header name present (lower case), each once.
+    fn names(&self) -> Vec<http::HeaderName>;
+    fn set(&mut self, name: &str, value: &str);
+    fn append(&mut self, name: &str, value: &str);
+    fn remove(&mut self, name: &str);
+}
+
+/// The response head in the response-headers phase.
+pub struct ResponseHead<'a> {
+    /// The status code sent to the client.
+    pub status: u16,
+    pub headers: &'a mut dyn HeaderEdit,
+    /// Whether the gateway itself produced this response (an error or a plugin's answer).
+    pub from_gateway: bool,
+}
+
+/// One connection attempt to an upstream (Kong's `tries`).
+#[derive(Debug, Clone)]
+pub struct Try {
+    pub addr: Option<SocketAddr>,
+    /// Connection time, milliseconds (0 when the pool had a connection).
+    pub connect_ms: u64,
+}
+
+/// What the log phase sees of a finished request.
+pub struct LogEntry<'a> {
+    pub method: &'a http::Method,
+    pub uri: &'a http::Uri,
+    /// The Host the client sent.
+    pub host: &'a str,
+    pub request_headers: &'a http::HeaderMap,
+    /// `None` when no response was sent (the client went away).
+    pub response_headers: Option<&'a http::HeaderMap>,
+    /// 0 when no response was sent.
+    pub status: u16,
+    /// Request body bytes read from the client.
+    pub request_body_bytes: u64,
+    /// Response body bytes sent to the client.
+    pub response_body_bytes: u64,
+    /// When the request started.
+    pub started_at: std::time::SystemTime,
+    /// Whole request, seconds.
+    pub latency: f64,
+    /// Upstream time to first response byte, seconds.
+    pub upstream_latency: Option<f64>,
+    /// The path and query sent upstream.
+    pub upstream_uri: Option<&'a str>,
+    pub tries: &'a [Try],
+    /// Pingora's error kind when the request failed (`ConnectRefused`, …).
+    pub error: Option<&'a str>,
+    /// `http`/`https`/`grpc`/`grpcs` as the client spoke it.
+    pub scheme: &'static str,
+}
+
 /// One configured plugin instance. Instances are built once per configuration and shared by
 /// `Arc` across requests, so per-request state lives in [`RequestCtx`].
+///
+/// Every phase method but `access` runs only when [`Plugin::phases`] declares it. A panic in any
+/// phase is caught by the gateway: the client gets 500 (when nothing was sent yet) and the panic
+/// is logged.
 #[async_trait]
 pub trait Plugin: Send + Sync {
     /// The plugin's name as written in `plugins[].name`.
@@ -257,31 +543,80 @@ pub trait Plugin: Send + Sync {
     /// Kong's PRIORITY: higher runs first.
     fn priority(&self) -> i32;
 
+    /// The phases this instance implements (default: access only).
+    fn phases(&self) -> Phases {
+        Phases::ACCESS
+    }
+
     /// When this instance needs the TLS listener to ask for a client certificate on the SNIs of
     /// the routes it is attached to.
     fn client_cert_request(&self) -> Option<ClientCertRequest> {
         None
     }
 
-    /// Access phase (Pingora `request_filter`): authenticate, authorise, or answer directly.
+    /// Rewrite phase (Pingora `request_filter`, before routing): global instances only; the
+    /// request may be answered here (ACME challenges, correlation ids for 404s).
+    async fn rewrite(&self, _req: &RequestView<'_>, _ctx: &mut RequestCtx) -> Flow {
+        Flow::Continue
+    }
+
+    /// Access phase (Pingora `request_filter`, after routing): authenticate, authorise, change
+    /// what is sent upstream (`ctx.upstream_*`), or answer directly.
     async fn access(&self, _req: &RequestView<'_>, _ctx: &mut RequestCtx) -> Flow {
         Flow::Continue
     }
 
-    /// Upstream request phase (Pingora `upstream_request_filter`): add headers to
-    /// `ctx.upstream_headers` that depend on the chosen upstream.
-    fn upstream_request(&self, _ctx: &mut RequestCtx) {}
+    /// Request body phase (Pingora `request_body_filter`): each chunk on its way upstream;
+    /// `chunk` may be replaced. `Err` answers the client with that response when nothing was sent
+    /// upstream yet, else aborts the request.
+    fn request_body(
+        &self,
+        _chunk: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<(), PluginResponse> {
+        Ok(())
+    }
 
-    /// Response header phase (Pingora `response_filter`).
-    fn response_headers(&self, _status: u16, _ctx: &mut RequestCtx) {}
+    /// Upstream request phase (Pingora `upstream_request_filter`): `ctx.upstream` names the
+    /// chosen upstream; `headers` is the request about to be sent.
+    fn upstream_request(&self, _headers: &mut dyn HeaderEdit, _ctx: &mut RequestCtx) {}
 
-    /// Log phase (Pingora `logging`): runs for every request, after errors too.
-    fn log(&self, _status: u16, _ctx: &RequestCtx) {}
+    /// Response header phase (Pingora `response_filter`): read, replace or remove the headers
+    /// sent to the client.
+    fn response_headers(&self, _resp: &mut ResponseHead<'_>, _ctx: &mut RequestCtx) {}
+
+    /// Response body phase (Pingora `response_body_filter`): each chunk on its way to the client;
+    /// set `*chunk = None` to hold it back (buffering) and emit the rewritten body at
+    /// `end_of_stream`. A plugin that changes the length removes `Content-Length` in
+    /// `response_headers`.
+    fn response_body(
+        &self,
+        _chunk: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) {
+    }
+
+    /// Log phase (Pingora `logging`): runs for every request, after errors too. Must not block:
+    /// hand the record to a queue (see [`background`]).
+    fn log(&self, _entry: &LogEntry<'_>, _ctx: &RequestCtx) {}
+
+    /// Called when this instance is retired (a reload replaced the configuration, or the gateway
+    /// shuts down): flush queues. Runs on the background runtime.
+    async fn flush(&self) {}
 }
 
 /// Builds instances of one plugin from their `config`; registered once with the gateway.
 pub trait PluginFactory: Send + Sync {
     fn name(&self) -> &'static str;
+
+    /// Credential entities this plugin owns (`keyauth_credentials`, …): the loader accepts them
+    /// nested under consumers and at top level and hands them to [`PluginFactory::build`] through
+    /// [`BuildContext::credentials_of`].
+    fn credential_kinds(&self) -> &'static [credentials::CredentialKind] {
+        &[]
+    }
 
     /// Validate `config` (JSON converted from YAML) and build an instance. Report every problem
     /// found, each with the path of the offending field.

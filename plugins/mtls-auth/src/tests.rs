@@ -87,6 +87,7 @@ impl World {
                 ca("ca-inter", "issuing", &self.inter),
             ],
             conf_dir: self.dir.path().to_path_buf(),
+            ..BuildContext::default()
         }
     }
 
