@@ -22,6 +22,10 @@ pub fn registry() -> Vec<Box<dyn PluginFactory>> {
         Box::new(portcullis_acl::Factory),
         Box::new(portcullis_request_termination::Factory),
         Box::new(hello_header::Factory),
+        Box::new(portcullis_loggers::FileLogFactory),
+        Box::new(portcullis_loggers::HttpLogFactory),
+        Box::new(portcullis_loggers::TcpLogFactory),
+        Box::new(portcullis_loggers::UdpLogFactory),
     ]
 }
 

@@ -966,6 +966,7 @@ impl ProxyHttp for GatewayProxy {
                     tries: &ctx.tries_log,
                     error: e.map(|e| e.etype().as_str()),
                     scheme: if self.tls { "https" } else { "http" },
+                    tls_version: ctx.tls_version,
                 };
                 chain::log(&chain, &entry, &ctx.plugin);
             }

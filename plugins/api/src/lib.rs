@@ -32,6 +32,7 @@ use std::sync::Arc;
 pub mod auth;
 pub mod background;
 pub mod credentials;
+pub mod serialize;
 pub mod state;
 
 pub use async_trait::async_trait;
@@ -525,8 +526,10 @@ pub struct LogEntry<'a> {
     pub tries: &'a [Try],
     /// Pingora's error kind when the request failed (`ConnectRefused`, …).
     pub error: Option<&'a str>,
-    /// `http`/`https`/`grpc`/`grpcs` as the client spoke it.
+    /// `http`/`https` as the client spoke it.
     pub scheme: &'static str,
+    /// The TLS version of the client connection (`TLSv1.3`), when TLS.
+    pub tls_version: Option<&'a str>,
 }
 
 /// One configured plugin instance. Instances are built once per configuration and shared by

@@ -1,0 +1,18 @@
+//! Kong's logging plugins: `file-log`, `http-log`, `tcp-log`, `udp-log`.
+//!
+//! Each writes Kong's log record ([`portcullis_plugin_api::serialize::kong_record`]) for every
+//! request. The request path only serialises the record and pushes it on a bounded queue
+//! ([`portcullis_plugin_api::background::Queue`], drop-oldest, counted); a task on the background
+//! runtime sends batches, retries with backoff (http-log), and stops when its plugin instance is
+//! retired. `flush` (reload, SIGTERM) sends what is queued.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod file;
+mod http;
+mod net;
+mod queue;
+
+pub use file::FileLogFactory;
+pub use http::HttpLogFactory;
+pub use net::{TcpLogFactory, UdpLogFactory};
