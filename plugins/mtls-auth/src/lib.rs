@@ -22,8 +22,8 @@ use openssl::asn1::Asn1Object;
 use openssl::nid::Nid;
 use openssl::x509::X509;
 use portcullis_plugin_api::{
-    async_trait, parse_config, BuildContext, ClientCertRequest, ClientCertificate, ConfigError,
-    Consumer, Flow, Plugin, PluginFactory, PluginResponse, RequestCtx, RequestView,
+    async_trait, auth, parse_config, BuildContext, ClientCertRequest, ClientCertificate,
+    ConfigError, Consumer, Flow, Plugin, PluginFactory, PluginResponse, RequestCtx, RequestView,
 };
 
 use crate::cache::TtlMap;
@@ -335,18 +335,6 @@ fn drop_header(ctx: &mut RequestCtx, name: &'static str) {
     ctx.upstream_headers.retain(|(n, _)| n.as_str() != name);
 }
 
-fn set_consumer_headers(ctx: &mut RequestCtx, consumer: &Consumer) {
-    set_header(ctx, "x-consumer-id", &consumer.id);
-    match &consumer.custom_id {
-        Some(v) => set_header(ctx, "x-consumer-custom-id", v),
-        None => drop_header(ctx, "x-consumer-custom-id"),
-    }
-    match &consumer.username {
-        Some(v) => set_header(ctx, "x-consumer-username", v),
-        None => drop_header(ctx, "x-consumer-username"),
-    }
-}
-
 impl MtlsAuth {
     fn dirname_values(&self, leaf: &X509) -> Vec<String> {
         let Some(sans) = leaf.subject_alt_names() else {
@@ -498,17 +486,13 @@ impl MtlsAuth {
 
     /// A failed authentication: the anonymous consumer when configured, else Kong's 401.
     fn reject(&self, ctx: &mut RequestCtx, reason: &'static str, message: &'static str) -> Flow {
-        let Some(anonymous) = &self.anonymous else {
-            ctx.auth_failure = Some((NAME, reason));
-            return Flow::Respond(PluginResponse::message(401, message));
-        };
-        ctx.consumer = Some(anonymous.clone());
-        ctx.anonymous = true;
-        ctx.credential_identifier = None;
-        set_consumer_headers(ctx, anonymous);
-        drop_header(ctx, "x-credential-identifier");
-        set_header(ctx, "x-anonymous-consumer", "true");
-        Flow::Continue
+        auth::failed(
+            ctx,
+            NAME,
+            self.anonymous.as_ref(),
+            reason,
+            PluginResponse::message(401, message),
+        )
     }
 }
 
@@ -535,11 +519,7 @@ impl Plugin for MtlsAuth {
     async fn access(&self, _req: &RequestView<'_>, ctx: &mut RequestCtx) -> Flow {
         // Kong's logical OR between auth plugins: with `anonymous` set, a client another plugin
         // already authenticated is not asked again.
-        if self.anonymous.is_some()
-            && !ctx.anonymous
-            && ctx.consumer.is_some()
-            && ctx.credential_identifier.is_some()
-        {
+        if auth::skip_when_authenticated(ctx, self.anonymous.is_some()) {
             return Flow::Continue;
         }
         let cert = match &ctx.client_certificate {
@@ -553,12 +533,7 @@ impl Plugin for MtlsAuth {
                 consumer,
                 credential,
             } => {
-                ctx.consumer = Some(consumer.clone());
-                ctx.anonymous = false;
-                ctx.credential_identifier = Some(credential.clone());
-                set_consumer_headers(ctx, consumer);
-                set_header(ctx, "x-credential-identifier", credential);
-                drop_header(ctx, "x-anonymous-consumer");
+                auth::authenticated(ctx, consumer, credential);
                 Flow::Continue
             }
             Decision::Groups { group } => {
