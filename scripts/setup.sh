@@ -6,7 +6,8 @@
 #
 #   build:  cmake (Pingora), perl + make + gcc (the openssl feature builds OpenSSL), pkg-config
 #   tests:  curl, openssl, psql 15 (libpq < 17 passthrough), nginx + stream module and HAProxy
-#           (benchmark baselines), wrk and h2load (load), PostgreSQL 17 (passthrough upstream, from
+#           (benchmark baselines), wrk and h2load (load), redis-server (state shared between
+#           replicas: rate limits, ACME), pebble + dnsmasq (ACME test CA and its DNS), PostgreSQL 17 (passthrough upstream, from
 #           PyPI into the cache dir), Python's prometheus_client (a real exposition-format parser)
 #
 # Environment: PORTCULLIS_CACHE (default: <repo>/.cache, git-ignored) holds PostgreSQL 17.
@@ -36,6 +37,7 @@ as_root() {
 apt_packages=(
     cmake perl make gcc pkg-config curl ca-certificates openssl
     postgresql-client nginx libnginx-mod-stream haproxy wrk nghttp2-client
+    redis-server pebble dnsmasq
 )
 # Only Debian's pip when there is no pip at all: a pyenv/venv python brings its own.
 python3 -m pip --version >/dev/null 2>&1 || apt_packages+=(python3-pip)

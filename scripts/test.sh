@@ -2,7 +2,9 @@
 # The project's one test command (the README's and CI's): installs what is missing, then runs
 #   cargo fmt --check, clippy -D warnings, builds the gateway, `portcullis check` on the example
 #   conf/, and every test of the workspace (unit, integration, doc; --no-fail-fast, so one failing
-#   test binary does not hide the results of the others).
+#   test binary does not hide the results of the others). Everything is built with
+#   --all-features: the `test-plugins` feature registers the platform probe plugin that
+#   tests/platform.rs drives (never part of a release build).
 #
 # Every step runs even when an earlier one failed (a clippy warning should not hide a failing test);
 # the exit status is non-zero if any step failed, and the failed steps are listed at the end.
@@ -48,12 +50,12 @@ if [ "${PORTCULLIS_SKIP_SETUP:-}" != "1" ]; then
 fi
 
 step "cargo fmt --check" cargo fmt --all -- --check
-step "cargo clippy" cargo clippy --workspace --all-targets "${locked[@]}" -- -D warnings
-if step "cargo build" cargo build "${locked[@]}" --bin portcullis; then
+step "cargo clippy" cargo clippy --workspace --all-targets --all-features "${locked[@]}" -- -D warnings
+if step "cargo build" cargo build --all-features "${locked[@]}" --bin portcullis; then
     step "portcullis check --conf conf" "$target_dir/debug/portcullis" check --conf conf
 fi
 step "cargo test" timeout --kill-after=30s "${PORTCULLIS_TEST_TIMEOUT:-45m}" \
-    cargo test --workspace --no-fail-fast "${locked[@]}" "$@"
+    cargo test --workspace --all-features --no-fail-fast "${locked[@]}" "$@"
 
 echo
 if [ "${#failed[@]}" -gt 0 ]; then

@@ -214,6 +214,7 @@ fn merge(into: &mut raw::RawDoc, from: raw::RawDoc, d: &mut Diags) {
     into.acls.extend(from.acls);
     into.mtls_auth_credentials
         .extend(from.mtls_auth_credentials);
+    into.plugin_credentials.extend(from.plugin_credentials);
     into.snis.extend(from.snis);
 }
 

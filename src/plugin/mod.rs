@@ -26,6 +26,8 @@ pub fn registry() -> Vec<Box<dyn PluginFactory>> {
         Box::new(portcullis_loggers::HttpLogFactory),
         Box::new(portcullis_loggers::TcpLogFactory),
         Box::new(portcullis_loggers::UdpLogFactory),
+        #[cfg(feature = "test-plugins")]
+        Box::new(portcullis_testkit::Factory),
     ]
 }
 
