@@ -3,6 +3,7 @@
 //!
 //! The pipeline never half-applies anything: `load` returns a whole `Config` or every error.
 
+pub mod kong;
 pub mod model;
 pub mod raw;
 pub mod validate;

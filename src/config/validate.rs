@@ -708,16 +708,17 @@ pub fn validate(
         // A disabled instance is still validated (as Kong does): enabling it later must not
         // surface errors that were there all along.
         let Some(factory) = registry.iter().find(|f| f.name() == p.name.v) else {
-            let known: Vec<&str> = registry.iter().map(|f| f.name()).collect();
-            d.err(
-                &p.name.loc,
-                &p.name.path,
+            let message = if super::kong::is_kong_plugin(&p.name.v) {
+                super::kong::plugin_not_provided(&p.name.v)
+            } else {
+                let known: Vec<&str> = registry.iter().map(|f| f.name()).collect();
                 format!(
                     "unknown plugin {:?} (available: {})",
                     p.name.v,
                     known.join(", ")
-                ),
-            );
+                )
+            };
+            d.err(&p.name.loc, &p.name.path, message);
             continue;
         };
         if !p.enabled {
@@ -1388,21 +1389,6 @@ fn build_service(
     let port;
     let path;
     if let Some(url) = &s.url {
-        let conflicts = [
-            ("protocol", s.protocol.as_ref().map(|v| (&v.loc, &v.path))),
-            ("host", s.host.as_ref().map(|v| (&v.loc, &v.path))),
-            ("port", s.port.as_ref().map(|v| (&v.loc, &v.path))),
-            ("path", s.path.as_ref().map(|v| (&v.loc, &v.path))),
-        ];
-        for (field, at) in conflicts {
-            if let Some((loc, path)) = at {
-                d.err(
-                    loc,
-                    path,
-                    format!("give either `url` or `{field}`, not both"),
-                );
-            }
-        }
         match url.v.split_once("://") {
             Some((scheme, rest)) => {
                 protocol = Protocol::parse(scheme);
@@ -1428,6 +1414,48 @@ fn build_service(
                 host = h;
                 port = pt;
                 path = p;
+                // Kong expands `url` over the other fields: its parts win. A field that says
+                // something else is almost certainly stale, so say which value applies.
+                let url_says = |field: &str,
+                                given: &str,
+                                applied: &str,
+                                loc: &Loc,
+                                at: &str,
+                                d: &mut Diags| {
+                    if given != applied {
+                        d.warn(
+                            loc,
+                            at,
+                            format!("`{field}: {given}` disagrees with `url`, whose {field} `{applied}` applies (Kong expands `url` over `{field}`)"),
+                        );
+                    }
+                };
+                if let (Some(v), Some(applied)) = (&s.protocol, protocol) {
+                    url_says("protocol", &v.v, applied.as_str(), &v.loc, &v.path, d);
+                }
+                if let (Some(v), Some(applied)) = (&s.host, &host) {
+                    url_says("host", &v.v, applied, &v.loc, &v.path, d);
+                }
+                if let (Some(v), Some(applied)) = (&s.port, port) {
+                    url_says(
+                        "port",
+                        &v.v.to_string(),
+                        &applied.to_string(),
+                        &v.loc,
+                        &v.path,
+                        d,
+                    );
+                }
+                if let Some(v) = &s.path {
+                    url_says(
+                        "path",
+                        &v.v,
+                        path.as_deref().unwrap_or("(none)"),
+                        &v.loc,
+                        &v.path,
+                        d,
+                    );
+                }
             }
             None => {
                 return bad_url(url, d);
@@ -1654,8 +1682,9 @@ fn build_route(r: &RawRoute, service: Arc<Service>, order: usize, d: &mut Diags)
                 &r.loc,
                 &r.path,
                 format!(
-                    "a tls_passthrough route needs a service with protocol tcp (service {:?} is {:?})",
-                    &*service.name, service.protocol
+                    "a tls_passthrough route needs a service with protocol tcp (service {:?} is {})",
+                    &*service.name,
+                    service.protocol.as_str()
                 ),
             );
         }
@@ -1686,8 +1715,9 @@ fn build_route(r: &RawRoute, service: Arc<Service>, order: usize, d: &mut Diags)
                 &r.loc,
                 &r.path,
                 format!(
-                    "service {:?} has protocol {:?}, which only tls_passthrough routes can use",
-                    &*service.name, service.protocol
+                    "service {:?} has protocol {}, which only tls_passthrough routes can use",
+                    &*service.name,
+                    service.protocol.as_str()
                 ),
             );
         }
