@@ -140,6 +140,57 @@ pub fn not_after_unix(c: &X509) -> i64 {
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(unix: i64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64),
+    )
+}
+
+/// Warns, at the certificate's definition, about one that has expired or expires within 30 days.
+fn warn_expiring(
+    loc: &Loc,
+    path: &str,
+    kind: &str,
+    name: Option<&str>,
+    cert: &X509,
+    now: i64,
+    d: &mut Diags,
+) {
+    let not_after = not_after_unix(cert);
+    let subject = subject_string(cert);
+    let what = match name {
+        Some(n) => format!("{kind} {n:?} ({subject})"),
+        None => format!("{kind} {subject}"),
+    };
+    if not_after < now {
+        d.warn(
+            loc,
+            path,
+            format!(
+                "{what} expired at {}; it is still loaded and served (as Kong does; clients decide): replace it",
+                rfc3339(not_after)
+            ),
+        );
+    } else if not_after - now < 30 * 86_400 {
+        d.warn(
+            loc,
+            path,
+            format!(
+                "{what} expires in {} days ({})",
+                (not_after - now) / 86_400,
+                rfc3339(not_after)
+            ),
+        );
+    }
+}
+
 /// Reads PEM given inline or by file; a file path is relative to the conf dir.
 #[allow(clippy::too_many_arguments)]
 fn pem_source(
@@ -253,6 +304,7 @@ pub fn validate(
     d: &mut Diags,
 ) -> Option<Config> {
     let mut files: Vec<PathBuf> = sources.iter().map(|(p, _)| p.clone()).collect();
+    let now = unix_now();
 
     // ---- CA certificates
     let mut ca_index = Index::new("ca_certificate");
@@ -293,6 +345,23 @@ pub fn validate(
                 ),
             );
             continue;
+        }
+        // Kong refuses an expired CA certificate: nothing it issued can verify any more.
+        if let Some(old) = certs.iter().find(|c| not_after_unix(c) < now) {
+            d.err(
+                &loc,
+                &path,
+                format!(
+                    "certificate {} expired at {}: \"Not After\" time is in the past (an expired CA certificate is refused, as in Kong); replace it",
+                    subject_string(old),
+                    rfc3339(not_after_unix(old))
+                ),
+            );
+            continue;
+        }
+        let name = raw.name.as_ref().or(raw.id.as_ref()).map(|v| v.v.as_str());
+        for c in &certs {
+            warn_expiring(&raw.loc, &raw.path, "ca_certificate", name, c, now, d);
         }
         let id = ca_index.register(
             &raw.id,
@@ -381,6 +450,11 @@ pub fn validate(
             );
             continue;
         }
+        // An expired certificate stays loaded and served, as in Kong: one lapsed certificate
+        // must not refuse a whole configuration (every other route with it). Clients decide;
+        // the warning and the expiry metrics make it visible.
+        let name = raw.name.as_ref().or(raw.id.as_ref()).map(|v| v.v.as_str());
+        warn_expiring(&raw.loc, &raw.path, "certificate", name, &chain[0], now, d);
         let id = cert_index.register(
             &raw.id,
             &raw.name,
