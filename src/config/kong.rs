@@ -108,11 +108,14 @@ fn is_plain_2x_path(path: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~' | b'/' | b'%'))
 }
 
-/// Kong 3.0's migration of one 2.x route path: a path that looks like a regex becomes `~` +
-/// the path with its percent-encoded triplets normalised (3.x no longer percent-decodes regex
-/// paths, so the migration decodes them once). `None` when the path stays as written.
+/// Kong 3.0's migration of one 2.x route path: a path that looks like a regex (and does not
+/// already start with `~`) becomes `~` + the path with its percent-encoded triplets normalised
+/// (3.x no longer percent-decodes regex paths, so the migration decodes them once). `None` when
+/// the path stays as written.
 pub fn migrate_2x_path(path: &str) -> Option<String> {
-    if is_plain_2x_path(path) {
+    // Kong 2.8 already read a leading `~` as "regex"; Kong 3.x's migration would prefix a second
+    // one and silently break the route. A path written the 3.x way stays as written.
+    if path.starts_with('~') || is_plain_2x_path(path) {
         return None;
     }
     Some(format!("~{}", normalize_regex(path)))
@@ -180,6 +183,8 @@ mod tests {
             migrate_2x_path("/orders/[0-9]+$").as_deref(),
             Some("~/orders/[0-9]+$")
         );
+        // Already in the 3.x form: not prefixed twice.
+        assert_eq!(migrate_2x_path(r"~/users/\d+"), None);
         // A space or any other character outside Kong's plain set marks a regex too.
         assert_eq!(migrate_2x_path("/a b").as_deref(), Some("~/a b"));
     }
