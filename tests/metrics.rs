@@ -842,7 +842,7 @@ fn check_warns_on_expired_certificates_and_fails_on_expired_ca_certificates() {
         .with("certs/expired-ca.crt", expired_ca())
         .with(
             "gateway.yaml",
-            "ca_certificates:\n- name: old-ca\n  cert_file: certs/expired-ca.crt\nservices:\n- name: s\n  url: http://127.0.0.1:9\n  retires: 3\n",
+            "ca_certificates:\n- name: old-ca\n  cert_file: certs/expired-ca.crt\nservices:\n- name: s\n  url: https://127.0.0.1:9\n  retires: 3\n  ca_certificates: [old-ca]\n",
         );
     let out = check(&conf);
     assert_eq!(out.code, 1, "{}", out.all());
@@ -859,6 +859,12 @@ fn check_warns_on_expired_certificates_and_fails_on_expired_ca_certificates() {
             .len(),
         1,
         "{}",
+        out.all()
+    );
+    // The service's reference to the refused CA is no second error.
+    assert!(
+        out.all().contains("conf: 2 error(s)"),
+        "exactly the two errors:\n{}",
         out.all()
     );
 }

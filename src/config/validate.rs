@@ -20,6 +20,9 @@ use std::time::Duration;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(60_000);
 
+/// Index position of an entity that was reported and refused (see `Index::refuse`).
+const REFUSED: usize = usize::MAX;
+
 /// Index of entities by id and by name, reporting duplicates.
 struct Index {
     kind: &'static str,
@@ -78,6 +81,17 @@ impl Index {
             self.add(v, idx, "name", d);
         }
         resolved
+    }
+
+    /// Index an entity that was reported and refused: references to it resolve (adding no
+    /// second, misleading "references unknown" error) to nothing.
+    fn refuse(&mut self, id: &Option<V<String>>, name: &Option<V<String>>, d: &mut Diags) {
+        if let Some(v) = id {
+            self.add(v, REFUSED, "id", d);
+        }
+        if let Some(v) = name {
+            self.add(v, REFUSED, "name", d);
+        }
     }
 
     fn resolve(&self, r: &V<String>, d: &mut Diags) -> Option<usize> {
@@ -344,22 +358,25 @@ pub fn validate(
                     subject_string(leaf)
                 ),
             );
+            ca_index.refuse(&raw.id, &raw.name, d);
             continue;
         }
         // Kong refuses an expired CA certificate: nothing it issued can verify any more.
+        let name = raw.name.as_ref().or(raw.id.as_ref()).map(|v| v.v.as_str());
         if let Some(old) = certs.iter().find(|c| not_after_unix(c) < now) {
+            let named = name.map(|n| format!(" {n:?}")).unwrap_or_default();
             d.err(
                 &loc,
                 &path,
                 format!(
-                    "certificate {} expired at {}: \"Not After\" time is in the past (an expired CA certificate is refused, as in Kong); replace it",
+                    "ca_certificate{named} ({}) expired at {}: \"Not After\" time is in the past (an expired CA certificate is refused, as in Kong); replace it",
                     subject_string(old),
                     rfc3339(not_after_unix(old))
                 ),
             );
+            ca_index.refuse(&raw.id, &raw.name, d);
             continue;
         }
-        let name = raw.name.as_ref().or(raw.id.as_ref()).map(|v| v.v.as_str());
         for c in &certs {
             warn_expiring(&raw.loc, &raw.path, "ca_certificate", name, c, now, d);
         }
