@@ -1870,6 +1870,70 @@ mod tests {
         assert_eq!(split_host_port("a:x", 80).1, None);
     }
 
+    fn load(yaml: &str) -> (Option<Config>, Diags) {
+        let f: Arc<str> = Arc::from("conf/kong.yml");
+        let node = crate::config::yaml::parse(&f, yaml).expect("yaml");
+        let mut doc = RawDoc::default();
+        let mut d = Diags::default();
+        crate::config::raw::read_root(&node, &mut doc, &mut d);
+        let c = validate(Path::new("conf"), doc, &[], &mut d);
+        (c, d)
+    }
+
+    #[test]
+    fn url_parts_win_over_separate_fields_and_disagreements_warn() {
+        let (c, d) = load(
+            "services:\n- name: a\n  url: https://new.internal:8443/v2\n  protocol: http\n  host: old.internal\n  port: 80\n  path: /v1\n- name: b\n  url: http://b.internal\n  protocol: http\n  host: b.internal\n  port: 80\n",
+        );
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let c = c.expect("config");
+        let a = &c.services[0];
+        assert_eq!(
+            (a.protocol, a.host.as_str(), a.port, a.path.as_deref()),
+            (Protocol::Https, "new.internal", 8443, Some("/v2"))
+        );
+        let w: Vec<String> = d.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 4, "one warning per disagreeing field: {w:#?}");
+        assert_eq!(
+            w[0],
+            "conf/kong.yml:4:13: services[0].protocol: warning: `protocol: http` disagrees with `url`, whose protocol `https` applies (Kong expands `url` over `protocol`)"
+        );
+        assert!(
+            w[1].starts_with("conf/kong.yml:5:9: services[0].host: "),
+            "{}",
+            w[1]
+        );
+        assert!(
+            w[2].contains("`port: 80` disagrees with `url`, whose port `8443` applies"),
+            "{}",
+            w[2]
+        );
+        assert!(
+            w[3].contains("`path: /v1` disagrees with `url`, whose path `/v2` applies"),
+            "{}",
+            w[3]
+        );
+        // Service b's fields say what its url says (port 80 is http's default): silent.
+        assert_eq!(c.services[1].port, 80);
+    }
+
+    #[test]
+    fn a_kong_plugin_not_provided_is_named_as_such() {
+        let (_, d) = load("plugins:\n- name: oauth2\n- name: oauth3\n");
+        let e: Vec<String> = d.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            e[0],
+            "conf/kong.yml:2:9: plugins[0].name: `oauth2` is a Kong plugin that Portcullis does not provide; remove it or write it as a Rust plugin"
+        );
+        assert!(
+            e[1].starts_with(
+                "conf/kong.yml:3:9: plugins[1].name: unknown plugin \"oauth3\" (available: "
+            ),
+            "{}",
+            e[1]
+        );
+    }
+
     #[test]
     fn ipnet_contains() {
         let n = IpNet {
