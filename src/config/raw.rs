@@ -705,7 +705,22 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
     let Some(mut o) = Obj::new(root, "", d) else {
         return;
     };
-    if let Some(v) = o.str("_format_version", d) {
+    let version_node = root.get("_format_version");
+    if let Some(
+        n @ Node {
+            kind: Kind::Float(_) | Kind::Int(_),
+            ..
+        },
+    ) = version_node
+    {
+        // Unquoted, YAML reads `3.0` as the number 3; Kong refuses it as well.
+        o.field("_format_version");
+        d.err(
+            &n.loc,
+            "_format_version",
+            "expected a string: quote the version (`_format_version: \"3.0\"`), unquoted YAML reads it as a number",
+        );
+    } else if let Some(v) = o.str("_format_version", d) {
         if !kong::FORMAT_VERSIONS.contains(&v.v.as_str()) {
             d.err(
                 &v.loc,
@@ -1348,6 +1363,19 @@ mod tests {
         assert!(
             d.errors[0].to_string().starts_with(
                 "conf/gateway.yaml:2:18: _format_version: unsupported format version \"4.0\""
+            ),
+            "{}",
+            d.errors[0]
+        );
+    }
+
+    #[test]
+    fn an_unquoted_format_version_says_to_quote_it() {
+        let (_, d) = read("_format_version: 3.0\n");
+        assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
+        assert!(
+            d.errors[0].to_string().starts_with(
+                "conf/gateway.yaml:1:18: _format_version: expected a string: quote the version"
             ),
             "{}",
             d.errors[0]
