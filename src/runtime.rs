@@ -385,6 +385,18 @@ pub fn update_cert_metrics(config: &Config) {
             ));
         }
     }
+    metrics::set_loaded_certificates(
+        now.iter()
+            .map(|(labels, not_after)| {
+                let kind = match labels[0].as_str() {
+                    "server" => "server",
+                    "client" => "client",
+                    _ => "ca",
+                };
+                (kind, *not_after)
+            })
+            .collect(),
+    );
     for (labels, value) in &now {
         metrics::CERT_EXPIRY
             .with_label_values(&[&labels[0], &labels[1], &labels[2]])

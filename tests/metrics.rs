@@ -812,8 +812,10 @@ fn check_warns_on_certificates_expiring_within_30_days() {
     );
 }
 
+/// Kong loads expired `certificates` (clients decide) and refuses expired `ca_certificates`:
+/// `check` passes with a located warning for the first and fails, located, for the second.
 #[test]
-fn check_fails_on_expired_certificates() {
+fn check_warns_on_expired_certificates_and_fails_on_expired_ca_certificates() {
     let pki = Pki::new();
     let out = check(&cert_conf(
         &pki.server_expired.chain_pem,
@@ -821,33 +823,148 @@ fn check_fails_on_expired_certificates() {
     ));
     assert_eq!(
         out.code,
-        1,
-        "an expired certificate is an error:\n{}",
+        0,
+        "an expired certificate is a warning, not an error:\n{}",
         out.all()
     );
+    let warning = out.lines_starting("conf/gateway.yaml:2:3: certificates[0]: warning: ");
     assert!(
-        out.all()
-            .lines()
-            .any(|l| l.contains("\"api\"") && l.contains("expired")),
-        "the error names the certificate:\n{}",
+        warning
+            .iter()
+            .any(|l| l.contains("\"api\"") && l.contains("expired at") && l.contains("served")),
+        "a located warning names the certificate:\n{}",
         out.all()
     );
     assert!(!out.all().contains("PRIVATE KEY"), "{}", out.all());
 
-    // An expired CA certificate too.
+    // An expired CA certificate is an error, reported in the same pass as an unrelated one.
     let conf = ConfDir::new()
         .with("certs/expired-ca.crt", expired_ca())
         .with(
             "gateway.yaml",
-            "ca_certificates:\n- name: old-ca\n  cert_file: certs/expired-ca.crt\n",
+            "ca_certificates:\n- name: old-ca\n  cert_file: certs/expired-ca.crt\nservices:\n- name: s\n  url: https://127.0.0.1:9\n  retires: 3\n  ca_certificates: [old-ca]\n",
         );
     let out = check(&conf);
     assert_eq!(out.code, 1, "{}", out.all());
+    let errors = out.lines_starting("conf/gateway.yaml:3:14: ca_certificates[0].cert_file: ");
     assert!(
-        out.all()
-            .lines()
-            .any(|l| l.contains("\"old-ca\"") && l.contains("expired")),
+        errors.iter().any(|l| l.contains("\"old-ca\"")
+            && l.contains("expired at")
+            && l.contains("\"Not After\" time is in the past")),
         "{}",
         out.all()
+    );
+    assert_eq!(
+        out.lines_starting("conf/gateway.yaml:7:3: services[0].retires: ")
+            .len(),
+        1,
+        "{}",
+        out.all()
+    );
+    // The service's reference to the refused CA is no second error.
+    assert!(
+        out.all().contains("conf: 2 error(s)"),
+        "exactly the two errors:\n{}",
+        out.all()
+    );
+}
+
+/// The gateway starts with an expired server certificate and an expired client certificate,
+/// serves the expired one on its SNI (clients decide), logs a warning, and counts both in
+/// `portcullis_certificates_expired` while keeping their expiry series. An expired CA
+/// certificate still refuses the configuration.
+#[test]
+fn expired_certificates_are_served_warned_and_counted() {
+    let pki = Pki::new();
+    let upstream = HttpsEcho::start_with(
+        "mtls-upstream",
+        &pki.server.chain_path,
+        &pki.server.key_path,
+        ClientAuth::Required(pki.root.cert_path.clone()),
+    );
+    let yaml = format!(
+        r#"
+ca_certificates:
+- name: root
+  cert_file: certs/root.crt
+certificates:
+- name: old
+  cert_file: certs/old.crt
+  key_file: certs/old.key
+  snis: [old.example.com]
+- name: current
+  cert_file: certs/api.crt
+  key_file: certs/api.key
+  snis: [api.example.com]
+- name: old-client
+  cert_file: certs/old-client.crt
+  key_file: certs/old-client.key
+services:
+- name: secure-upstream
+  url: {url}
+  ca_certificates: [root]
+  client_certificate: old-client
+  routes:
+  - name: r
+    paths: [/]
+"#,
+        url = upstream.url()
+    );
+    let gw = Gateway::builder()
+        .file("certs/root.crt", &pki.root.cert_pem)
+        .file("certs/old.crt", &pki.server_expired.chain_pem)
+        .file("certs/old.key", &pki.server_expired.key_pem)
+        .file("certs/api.crt", &pki.server.chain_pem)
+        .file("certs/api.key", &pki.server.key_pem)
+        .file("certs/old-client.crt", &pki.client_expired.cert_pem)
+        .file("certs/old-client.key", &pki.client_expired.key_pem)
+        .file("gateway.yaml", &yaml)
+        .start();
+
+    let served = s_client(gw.https_port(), Some("old.example.com"), &[]).expect("handshake");
+    assert_eq!(served.subject, pki.server_expired.subject, "{served:?}");
+    assert_eq!(served.serial, serial_hex(&pki.server_expired.cert));
+    let served = s_client(gw.https_port(), Some("api.example.com"), &[]).expect("handshake");
+    assert_eq!(served.subject, pki.server.subject, "{served:?}");
+
+    let text = scrape(&gw);
+    let expired = "portcullis_certificates_expired";
+    assert_eq!(val(&text, expired, &[("kind", "server")]), 1.0, "{text}");
+    assert_eq!(val(&text, expired, &[("kind", "client")]), 1.0, "{text}");
+    assert_eq!(
+        metrics::value(&text, expired, &[("kind", "ca")]),
+        Some(0.0),
+        "every kind has a series: {text}"
+    );
+    let s = expiry_of(&text, "server", "old");
+    assert_eq!(s.value, not_after(&pki.server_expired.cert) as f64, "{s:?}");
+    let s = expiry_of(&text, "client", "old-client");
+    assert_eq!(s.value, not_after(&pki.client_expired.cert) as f64, "{s:?}");
+
+    let log = gw.log();
+    assert!(
+        log.lines().any(|l| l.contains("certificates[0]")
+            && l.contains("\"old\"")
+            && l.contains("expired at")),
+        "a located warning at load:\n{log}"
+    );
+
+    // An expired CA certificate is refused at start as in Kong.
+    let err = match Gateway::builder()
+        .file("certs/expired-ca.crt", expired_ca())
+        .file(
+            "gateway.yaml",
+            "ca_certificates:\n- name: old-ca\n  cert_file: certs/expired-ca.crt\n",
+        )
+        .try_start()
+    {
+        Ok(_) => panic!("gateway started with an expired CA certificate"),
+        Err(e) => e,
+    };
+    assert_eq!(err.exit_code, Some(1), "{err}");
+    assert!(
+        err.log
+            .contains("conf/gateway.yaml:3:14: ca_certificates[0].cert_file: "),
+        "{err}"
     );
 }

@@ -3,6 +3,7 @@
 //!
 //! The pipeline never half-applies anything: `load` returns a whole `Config` or every error.
 
+pub mod kong;
 pub mod model;
 pub mod raw;
 pub mod validate;
@@ -216,57 +217,4 @@ fn merge(into: &mut raw::RawDoc, from: raw::RawDoc, d: &mut Diags) {
         .extend(from.mtls_auth_credentials);
     into.plugin_credentials.extend(from.plugin_credentials);
     into.snis.extend(from.snis);
-}
-
-/// Certificates that have expired (errors) or expire within 30 days (warnings).
-pub struct ExpiryReport {
-    pub errors: Vec<String>,
-    pub warnings: Vec<String>,
-}
-
-pub fn expiry_report(config: &Config) -> ExpiryReport {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let mut r = ExpiryReport {
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let mut look = |origin: &str, kind: &str, name: &str, subject: &str, not_after: i64| {
-        let when = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after.max(0) as u64),
-        );
-        if not_after <= now {
-            r.errors.push(format!(
-                "{origin}: {kind} {name:?} ({subject}) expired at {when}: replace it"
-            ));
-        } else if not_after - now < 30 * 86_400 {
-            let days = (not_after - now) / 86_400;
-            r.warnings.push(format!(
-                "{origin}: warning: {kind} {name:?} ({subject}) expires in {days} days ({when})"
-            ));
-        }
-    };
-    for c in &config.certificates {
-        look(
-            &c.origin,
-            "certificate",
-            c.display_name(),
-            &c.subject,
-            c.not_after,
-        );
-    }
-    for c in &config.ca_certificates {
-        for cert in &c.certs {
-            look(
-                &c.origin,
-                "ca_certificate",
-                c.display_name(),
-                &validate::subject_string(cert),
-                validate::not_after_unix(cert),
-            );
-        }
-    }
-    r
 }

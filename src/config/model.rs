@@ -157,6 +157,17 @@ impl Protocol {
             _ => return None,
         })
     }
+    /// Kong's spelling, for messages and logs (never the Rust variant name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Grpc => "grpc",
+            Protocol::Grpcs => "grpcs",
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+        }
+    }
     pub fn is_tls(self) -> bool {
         matches!(self, Protocol::Https | Protocol::Grpcs | Protocol::Tls)
     }

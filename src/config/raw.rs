@@ -1,6 +1,7 @@
 //! Typed raw entities read from YAML trees. Every field is checked here for shape (types, unknown
 //! keys) and every problem is collected; references and cross-entity rules are `validate`'s job.
 
+use super::kong;
 use super::yaml::{Kind, Loc, Node};
 use super::{Diag, Diags};
 use std::time::Duration;
@@ -240,6 +241,41 @@ impl<'a> Obj<'a> {
             }));
         }
         out
+    }
+
+    /// Kong's `_comment` (a string) and `_ignore` (a list of anything), which Kong allows on every
+    /// entity of the declarative format (and its tools add): accepted, not interpreted.
+    pub fn kong_annotations(&mut self, d: &mut Diags) {
+        if let Some((n, p)) = self.field("_comment") {
+            as_string(n, &p, d);
+        }
+        if let Some((n, p)) = self.field("_ignore") {
+            list(n, &p, d);
+        }
+    }
+
+    /// Credential collections of Kong plugins that nothing here reads (the plugin is not
+    /// provided): say whose they are rather than suggest a typo.
+    pub fn unclaimed_credentials(&mut self, d: &mut Diags) {
+        let Kind::Map(entries) = &self.node.kind else {
+            return;
+        };
+        for (k, _) in entries {
+            let Some(name) = k.as_str() else {
+                continue;
+            };
+            if self.used.contains(&name) {
+                continue;
+            }
+            if let Some(plugin) = kong::credential_plugin(name) {
+                self.used.push(name);
+                d.err(
+                    &k.loc,
+                    &self.sub(name),
+                    kong::credentials_not_provided(name, plugin),
+                );
+            }
+        }
     }
 
     /// Report keys nobody read: unknown fields are errors (a typo must not silently disable
@@ -669,20 +705,35 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
     let Some(mut o) = Obj::new(root, "", d) else {
         return;
     };
-    if let Some(v) = o.str("_format_version", d) {
-        if v.v != "3.0" {
+    let version_node = root.get("_format_version");
+    if let Some(
+        n @ Node {
+            kind: Kind::Float(_) | Kind::Int(_),
+            ..
+        },
+    ) = version_node
+    {
+        // Unquoted, YAML reads `3.0` as the number 3; Kong refuses it as well.
+        o.field("_format_version");
+        d.err(
+            &n.loc,
+            "_format_version",
+            "expected a string: quote the version (`_format_version: \"3.0\"`), unquoted YAML reads it as a number",
+        );
+    } else if let Some(v) = o.str("_format_version", d) {
+        if !kong::FORMAT_VERSIONS.contains(&v.v.as_str()) {
             d.err(
                 &v.loc,
                 "_format_version",
                 format!(
-                    "unsupported format version {:?} (Portcullis reads Kong's 3.0 format)",
+                    "unsupported format version {:?} (Kong's declarative formats are \"1.1\", \"2.1\" and \"3.0\")",
                     v.v
                 ),
             );
         }
         doc.format_version = Some(v);
     }
-    for key in ["_transform", "_workspace", "_comment", "_info"] {
+    for key in ["_transform", "_workspace"] {
         if let Some((n, p)) = o.field(key) {
             d.warn(
                 &n.loc,
@@ -690,6 +741,26 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
                 "Kong field accepted but has no effect in Portcullis",
             );
         }
+    }
+    for key in ["_info", "_konnect"] {
+        if o.field(key).is_some() {
+            d.warn(
+                &o.key_loc(key),
+                key,
+                format!(
+                    "`{key}` is decK metadata (for decK and Konnect, not for the gateway); ignored"
+                ),
+            );
+        }
+    }
+    if let Some((n, p)) = o.field("parameters") {
+        // `kong config db_export` writes Kong's own `parameters` rows (cluster_id, ...).
+        list(n, &p, d);
+        d.warn(
+            &o.key_loc("parameters"),
+            "parameters",
+            "`parameters` is Kong's internal table (cluster_id, ...) written by `kong config db_export`; ignored",
+        );
     }
     if let Some((n, p)) = o.field("listeners") {
         doc.sections.push(("listeners", o.key_loc("listeners")));
@@ -733,6 +804,7 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
         let certificate = s.reference("certificate", d);
         s.str("id", d);
         s.str_list("tags", d);
+        s.kong_annotations(d);
         s.finish(d);
         Some(RawSni {
             name: name?,
@@ -742,7 +814,35 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
     doc.snis.extend(snis);
     let creds = o.plugin_credentials(d, true);
     doc.plugin_credentials.extend(creds);
+    let version = doc.format_version.as_ref().map(|v| v.v.clone());
+    if let Some(v @ ("1.1" | "2.1")) = version.as_deref() {
+        migrate_2x_paths(doc, v, d);
+    }
+    o.kong_annotations(d);
+    o.unclaimed_credentials(d);
     o.finish(d);
+}
+
+/// Kong 3.x's load-time migration of a 1.1/2.1 file: a route path that 2.x treated as a regex
+/// (it looks like one and has no `~`) gets the `~` prefix. Each migrated path is named, so the
+/// operator can write it in the 3.0 form.
+fn migrate_2x_paths(doc: &mut RawDoc, version: &str, d: &mut Diags) {
+    let nested = doc.services.iter_mut().flat_map(|s| s.routes.iter_mut());
+    for route in nested.chain(doc.routes.iter_mut()) {
+        for p in &mut route.paths {
+            if let Some(migrated) = kong::migrate_2x_path(&p.v) {
+                d.warn(
+                    &p.loc,
+                    &p.path,
+                    format!(
+                        "path `{}` is a regex in _format_version \"{version}\"; read as `{migrated}`, as Kong 3.x migrates it (write it so, with _format_version \"3.0\", to silence this)",
+                        p.v
+                    ),
+                );
+                p.v = migrated;
+            }
+        }
+    }
 }
 
 fn required(o: &Obj<'_>, field: &str, v: Option<V<String>>, d: &mut Diags) -> Option<V<String>> {
@@ -840,6 +940,7 @@ fn read_certificate(mut o: Obj<'_>, d: &mut Diags) -> Option<RawCertificate> {
                     s.str("id", d);
                     s.str_list("tags", d);
                     let name = required(&s, "name", name, d);
+                    s.kong_annotations(d);
                     s.finish_known(d, &["certificate"]);
                     name
                 }
@@ -860,6 +961,7 @@ fn read_certificate(mut o: Obj<'_>, d: &mut Diags) -> Option<RawCertificate> {
         path: o.path.clone(),
     };
     o.str_list("tags", d);
+    o.kong_annotations(d);
     o.finish(d);
     Some(c)
 }
@@ -874,6 +976,7 @@ fn read_ca_certificate(mut o: Obj<'_>, d: &mut Diags) -> Option<RawCaCertificate
         path: o.path.clone(),
     };
     o.str_list("tags", d);
+    o.kong_annotations(d);
     o.finish(d);
     Some(c)
 }
@@ -903,6 +1006,7 @@ fn read_service(mut o: Obj<'_>, d: &mut Diags) -> Option<RawService> {
         path_str: o.path.clone(),
     };
     o.str_list("tags", d);
+    o.kong_annotations(d);
     o.finish(d);
     Some(s)
 }
@@ -962,6 +1066,7 @@ fn read_route(mut o: Obj<'_>, d: &mut Diags, top_level: bool) -> Option<RawRoute
         path: o.path.clone(),
     };
     o.str_list("tags", d);
+    o.kong_annotations(d);
     o.finish(d);
     Some(r)
 }
@@ -991,6 +1096,7 @@ fn read_plugin(mut o: Obj<'_>, d: &mut Diags, top_level: bool) -> Option<RawPlug
         name: name?,
     };
     o.str_list("tags", d);
+    o.kong_annotations(d);
     o.finish(d);
     Some(p)
 }
@@ -1016,6 +1122,7 @@ fn read_upstream(mut o: Obj<'_>, d: &mut Diags) -> Option<RawUpstream> {
     };
     o.reference("client_certificate", d);
     o.str_list("tags", d);
+    o.kong_annotations(d);
     o.finish(d);
     Some(u)
 }
@@ -1116,6 +1223,7 @@ fn read_target(mut o: Obj<'_>, d: &mut Diags, top_level: bool) -> Option<RawTarg
         target: target?,
     };
     o.str_list("tags", d);
+    o.kong_annotations(d);
     o.finish(d);
     Some(t)
 }
@@ -1144,6 +1252,8 @@ fn read_consumer(mut o: Obj<'_>, d: &mut Diags) -> Option<RawConsumer> {
             "a consumer needs `username` or `custom_id`",
         );
     }
+    o.kong_annotations(d);
+    o.unclaimed_credentials(d);
     o.finish(d);
     Some(c)
 }
@@ -1162,6 +1272,7 @@ fn read_acl(mut o: Obj<'_>, d: &mut Diags, top_level: bool) -> Option<RawAcl> {
     };
     o.str("id", d);
     o.str_list("tags", d);
+    o.kong_annotations(d);
     o.finish(d);
     Some(RawAcl {
         consumer,
@@ -1188,6 +1299,7 @@ fn read_credential(mut o: Obj<'_>, d: &mut Diags, top_level: bool) -> Option<Raw
         subject_name: subject_name?,
     };
     o.str_list("tags", d);
+    o.kong_annotations(d);
     o.finish(d);
     Some(c)
 }
@@ -1238,6 +1350,159 @@ mod tests {
         assert!(d.warnings[0]
             .to_string()
             .starts_with("conf/gateway.yaml:6:9: services[0].routes[0].path_handling"));
+    }
+
+    #[test]
+    fn kong_format_versions_are_accepted_and_others_located() {
+        for v in ["1.1", "2.1", "3.0"] {
+            let (_, d) = read(&format!("_format_version: \"{v}\"\nservices: []\n"));
+            assert!(d.errors.is_empty(), "{v}: {:?}", d.errors);
+        }
+        let (_, d) = read("services: []\n_format_version: \"4.0\"\n");
+        assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
+        assert!(
+            d.errors[0].to_string().starts_with(
+                "conf/gateway.yaml:2:18: _format_version: unsupported format version \"4.0\""
+            ),
+            "{}",
+            d.errors[0]
+        );
+    }
+
+    #[test]
+    fn an_unquoted_format_version_says_to_quote_it() {
+        let (_, d) = read("_format_version: 3.0\n");
+        assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
+        assert!(
+            d.errors[0].to_string().starts_with(
+                "conf/gateway.yaml:1:18: _format_version: expected a string: quote the version"
+            ),
+            "{}",
+            d.errors[0]
+        );
+    }
+
+    #[test]
+    fn format_2x_regex_paths_migrate_nested_and_top_level_with_a_located_warning() {
+        let yaml = "_format_version: \"2.1\"\nservices:\n- name: a\n  url: http://x\n  routes:\n  - paths: ['/users/\\d+', /plain]\nroutes:\n- service: a\n  paths: ['/(a|b)$']\n";
+        let (doc, d) = read(yaml);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let nested: Vec<&str> = doc.services[0].routes[0]
+            .paths
+            .iter()
+            .map(|p| p.v.as_str())
+            .collect();
+        assert_eq!(nested, ["~/users/\\d+", "/plain"]);
+        assert_eq!(doc.routes[0].paths[0].v, "~/(a|b)$");
+        let w: Vec<String> = d.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(
+            w[0].starts_with("conf/gateway.yaml:6:13: services[0].routes[0].paths[0]: warning: path `/users/\\d+` is a regex in _format_version \"2.1\"; read as `~/users/\\d+`"),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].starts_with("conf/gateway.yaml:9:11: routes[0].paths[0]: "),
+            "{}",
+            w[1]
+        );
+
+        // 3.0 files are read as written: a path without `~` is a prefix.
+        let (doc, d) =
+            read("_format_version: \"3.0\"\nroutes:\n- service: a\n  paths: ['/(a|b)$']\n");
+        assert_eq!(doc.routes[0].paths[0].v, "/(a|b)$");
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+
+    #[test]
+    fn comment_and_ignore_accepted_on_every_entity_silently() {
+        let yaml = r#"_comment: file
+_ignore: [x]
+certificates:
+- cert: x
+  key: z
+  _comment: c
+  snis:
+  - name: a.example
+    _comment: s
+ca_certificates:
+- cert: x
+  _ignore: []
+services:
+- name: a
+  url: http://x
+  _comment: s
+  _ignore: [1, {k: v}]
+  routes:
+  - paths: [/]
+    _comment: r
+  plugins:
+  - name: acl
+    _comment: p
+upstreams:
+- name: u
+  _comment: u
+  targets:
+  - target: a:1
+    _comment: t
+consumers:
+- username: c
+  _comment: c
+  acls:
+  - group: g
+    _comment: a
+  mtls_auth_credentials:
+  - subject_name: x
+    _ignore: [a]
+snis:
+- name: b.example
+  certificate: x
+  _comment: s
+"#;
+        let (_, d) = read(yaml);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        let (_, d) = read("services:\n- name: a\n  url: http://x\n  _comment: [not, a, string]\n");
+        assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
+    }
+
+    #[test]
+    fn deck_and_db_export_metadata_warn() {
+        let (_, d) = read(
+            "_info:\n  select_tags: [a]\n_konnect:\n  control_plane_name: cp\nparameters:\n- key: cluster_id\n  value: abc\n",
+        );
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let w: Vec<String> = d.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(
+            w[0].starts_with("conf/gateway.yaml:1:1: _info: warning: `_info` is decK metadata"),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].starts_with(
+                "conf/gateway.yaml:3:1: _konnect: warning: `_konnect` is decK metadata"
+            ),
+            "{}",
+            w[1]
+        );
+        assert!(
+            w[2].starts_with("conf/gateway.yaml:5:1: parameters: warning: "),
+            "{}",
+            w[2]
+        );
+    }
+
+    #[test]
+    fn credentials_of_kong_plugins_not_provided_say_whose_they_are() {
+        let (_, d) = read(
+            "consumers:\n- username: a\n  oauth2_credentials:\n  - client_id: x\njwt_secrets:\n- key: k\n  consumer: a\n",
+        );
+        let e: Vec<String> = d.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e.iter().any(|l| l.starts_with("conf/gateway.yaml:3:3: consumers[0].oauth2_credentials: `oauth2_credentials` are credentials of the Kong plugin `oauth2`, which Portcullis does not provide")), "{e:#?}");
+        assert!(e.iter().any(|l| l.starts_with("conf/gateway.yaml:5:1: jwt_secrets: `jwt_secrets` are credentials of the Kong plugin `jwt`")), "{e:#?}");
+        assert!(!e.iter().any(|l| l.contains("did you mean")), "{e:#?}");
     }
 
     #[test]

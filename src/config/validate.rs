@@ -20,6 +20,9 @@ use std::time::Duration;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(60_000);
 
+/// Index position of an entity that was reported and refused (see `Index::refuse`).
+const REFUSED: usize = usize::MAX;
+
 /// Index of entities by id and by name, reporting duplicates.
 struct Index {
     kind: &'static str,
@@ -80,6 +83,17 @@ impl Index {
         resolved
     }
 
+    /// Index an entity that was reported and refused: references to it resolve (adding no
+    /// second, misleading "references unknown" error) to nothing.
+    fn refuse(&mut self, id: &Option<V<String>>, name: &Option<V<String>>, d: &mut Diags) {
+        if let Some(v) = id {
+            self.add(v, REFUSED, "id", d);
+        }
+        if let Some(v) = name {
+            self.add(v, REFUSED, "name", d);
+        }
+    }
+
     fn resolve(&self, r: &V<String>, d: &mut Diags) -> Option<usize> {
         match self.map.get(&r.v) {
             Some(i) => Some(*i),
@@ -137,6 +151,57 @@ pub fn not_after_unix(c: &X509) -> i64 {
     match epoch.diff(c.not_after()) {
         Ok(diff) => i64::from(diff.days) * 86_400 + i64::from(diff.secs),
         Err(_) => 0,
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(unix: i64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64),
+    )
+}
+
+/// Warns, at the certificate's definition, about one that has expired or expires within 30 days.
+fn warn_expiring(
+    loc: &Loc,
+    path: &str,
+    kind: &str,
+    name: Option<&str>,
+    cert: &X509,
+    now: i64,
+    d: &mut Diags,
+) {
+    let not_after = not_after_unix(cert);
+    let subject = subject_string(cert);
+    let what = match name {
+        Some(n) => format!("{kind} {n:?} ({subject})"),
+        None => format!("{kind} {subject}"),
+    };
+    if not_after < now {
+        d.warn(
+            loc,
+            path,
+            format!(
+                "{what} expired at {}; it is still loaded and served (as Kong does; clients decide): replace it",
+                rfc3339(not_after)
+            ),
+        );
+    } else if not_after - now < 30 * 86_400 {
+        d.warn(
+            loc,
+            path,
+            format!(
+                "{what} expires in {} days ({})",
+                (not_after - now) / 86_400,
+                rfc3339(not_after)
+            ),
+        );
     }
 }
 
@@ -253,6 +318,7 @@ pub fn validate(
     d: &mut Diags,
 ) -> Option<Config> {
     let mut files: Vec<PathBuf> = sources.iter().map(|(p, _)| p.clone()).collect();
+    let now = unix_now();
 
     // ---- CA certificates
     let mut ca_index = Index::new("ca_certificate");
@@ -292,7 +358,27 @@ pub fn validate(
                     subject_string(leaf)
                 ),
             );
+            ca_index.refuse(&raw.id, &raw.name, d);
             continue;
+        }
+        // Kong refuses an expired CA certificate: nothing it issued can verify any more.
+        let name = raw.name.as_ref().or(raw.id.as_ref()).map(|v| v.v.as_str());
+        if let Some(old) = certs.iter().find(|c| not_after_unix(c) < now) {
+            let named = name.map(|n| format!(" {n:?}")).unwrap_or_default();
+            d.err(
+                &loc,
+                &path,
+                format!(
+                    "ca_certificate{named} ({}) expired at {}: \"Not After\" time is in the past (an expired CA certificate is refused, as in Kong); replace it",
+                    subject_string(old),
+                    rfc3339(not_after_unix(old))
+                ),
+            );
+            ca_index.refuse(&raw.id, &raw.name, d);
+            continue;
+        }
+        for c in &certs {
+            warn_expiring(&raw.loc, &raw.path, "ca_certificate", name, c, now, d);
         }
         let id = ca_index.register(
             &raw.id,
@@ -381,6 +467,11 @@ pub fn validate(
             );
             continue;
         }
+        // An expired certificate stays loaded and served, as in Kong: one lapsed certificate
+        // must not refuse a whole configuration (every other route with it). Clients decide;
+        // the warning and the expiry metrics make it visible.
+        let name = raw.name.as_ref().or(raw.id.as_ref()).map(|v| v.v.as_str());
+        warn_expiring(&raw.loc, &raw.path, "certificate", name, &chain[0], now, d);
         let id = cert_index.register(
             &raw.id,
             &raw.name,
@@ -708,16 +799,17 @@ pub fn validate(
         // A disabled instance is still validated (as Kong does): enabling it later must not
         // surface errors that were there all along.
         let Some(factory) = registry.iter().find(|f| f.name() == p.name.v) else {
-            let known: Vec<&str> = registry.iter().map(|f| f.name()).collect();
-            d.err(
-                &p.name.loc,
-                &p.name.path,
+            let message = if super::kong::is_kong_plugin(&p.name.v) {
+                super::kong::plugin_not_provided(&p.name.v)
+            } else {
+                let known: Vec<&str> = registry.iter().map(|f| f.name()).collect();
                 format!(
                     "unknown plugin {:?} (available: {})",
                     p.name.v,
                     known.join(", ")
-                ),
-            );
+                )
+            };
+            d.err(&p.name.loc, &p.name.path, message);
             continue;
         };
         if !p.enabled {
@@ -1388,21 +1480,6 @@ fn build_service(
     let port;
     let path;
     if let Some(url) = &s.url {
-        let conflicts = [
-            ("protocol", s.protocol.as_ref().map(|v| (&v.loc, &v.path))),
-            ("host", s.host.as_ref().map(|v| (&v.loc, &v.path))),
-            ("port", s.port.as_ref().map(|v| (&v.loc, &v.path))),
-            ("path", s.path.as_ref().map(|v| (&v.loc, &v.path))),
-        ];
-        for (field, at) in conflicts {
-            if let Some((loc, path)) = at {
-                d.err(
-                    loc,
-                    path,
-                    format!("give either `url` or `{field}`, not both"),
-                );
-            }
-        }
         match url.v.split_once("://") {
             Some((scheme, rest)) => {
                 protocol = Protocol::parse(scheme);
@@ -1428,6 +1505,48 @@ fn build_service(
                 host = h;
                 port = pt;
                 path = p;
+                // Kong expands `url` over the other fields: its parts win. A field that says
+                // something else is almost certainly stale, so say which value applies.
+                let url_says = |field: &str,
+                                given: &str,
+                                applied: &str,
+                                loc: &Loc,
+                                at: &str,
+                                d: &mut Diags| {
+                    if given != applied {
+                        d.warn(
+                            loc,
+                            at,
+                            format!("`{field}: {given}` disagrees with `url`, whose {field} `{applied}` applies (Kong expands `url` over `{field}`)"),
+                        );
+                    }
+                };
+                if let (Some(v), Some(applied)) = (&s.protocol, protocol) {
+                    url_says("protocol", &v.v, applied.as_str(), &v.loc, &v.path, d);
+                }
+                if let (Some(v), Some(applied)) = (&s.host, &host) {
+                    url_says("host", &v.v, applied, &v.loc, &v.path, d);
+                }
+                if let (Some(v), Some(applied)) = (&s.port, port) {
+                    url_says(
+                        "port",
+                        &v.v.to_string(),
+                        &applied.to_string(),
+                        &v.loc,
+                        &v.path,
+                        d,
+                    );
+                }
+                if let Some(v) = &s.path {
+                    url_says(
+                        "path",
+                        &v.v,
+                        path.as_deref().unwrap_or("(none)"),
+                        &v.loc,
+                        &v.path,
+                        d,
+                    );
+                }
             }
             None => {
                 return bad_url(url, d);
@@ -1654,8 +1773,9 @@ fn build_route(r: &RawRoute, service: Arc<Service>, order: usize, d: &mut Diags)
                 &r.loc,
                 &r.path,
                 format!(
-                    "a tls_passthrough route needs a service with protocol tcp (service {:?} is {:?})",
-                    &*service.name, service.protocol
+                    "a tls_passthrough route needs a service with protocol tcp (service {:?} is {})",
+                    &*service.name,
+                    service.protocol.as_str()
                 ),
             );
         }
@@ -1686,8 +1806,9 @@ fn build_route(r: &RawRoute, service: Arc<Service>, order: usize, d: &mut Diags)
                 &r.loc,
                 &r.path,
                 format!(
-                    "service {:?} has protocol {:?}, which only tls_passthrough routes can use",
-                    &*service.name, service.protocol
+                    "service {:?} has protocol {}, which only tls_passthrough routes can use",
+                    &*service.name,
+                    service.protocol.as_str()
                 ),
             );
         }
@@ -1747,6 +1868,70 @@ mod tests {
             (Some("::1".into()), Some(9))
         );
         assert_eq!(split_host_port("a:x", 80).1, None);
+    }
+
+    fn load(yaml: &str) -> (Option<Config>, Diags) {
+        let f: Arc<str> = Arc::from("conf/kong.yml");
+        let node = crate::config::yaml::parse(&f, yaml).expect("yaml");
+        let mut doc = RawDoc::default();
+        let mut d = Diags::default();
+        crate::config::raw::read_root(&node, &mut doc, &mut d);
+        let c = validate(Path::new("conf"), doc, &[], &mut d);
+        (c, d)
+    }
+
+    #[test]
+    fn url_parts_win_over_separate_fields_and_disagreements_warn() {
+        let (c, d) = load(
+            "services:\n- name: a\n  url: https://new.internal:8443/v2\n  protocol: http\n  host: old.internal\n  port: 80\n  path: /v1\n- name: b\n  url: http://b.internal\n  protocol: http\n  host: b.internal\n  port: 80\n",
+        );
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let c = c.expect("config");
+        let a = &c.services[0];
+        assert_eq!(
+            (a.protocol, a.host.as_str(), a.port, a.path.as_deref()),
+            (Protocol::Https, "new.internal", 8443, Some("/v2"))
+        );
+        let w: Vec<String> = d.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 4, "one warning per disagreeing field: {w:#?}");
+        assert_eq!(
+            w[0],
+            "conf/kong.yml:4:13: services[0].protocol: warning: `protocol: http` disagrees with `url`, whose protocol `https` applies (Kong expands `url` over `protocol`)"
+        );
+        assert!(
+            w[1].starts_with("conf/kong.yml:5:9: services[0].host: "),
+            "{}",
+            w[1]
+        );
+        assert!(
+            w[2].contains("`port: 80` disagrees with `url`, whose port `8443` applies"),
+            "{}",
+            w[2]
+        );
+        assert!(
+            w[3].contains("`path: /v1` disagrees with `url`, whose path `/v2` applies"),
+            "{}",
+            w[3]
+        );
+        // Service b's fields say what its url says (port 80 is http's default): silent.
+        assert_eq!(c.services[1].port, 80);
+    }
+
+    #[test]
+    fn a_kong_plugin_not_provided_is_named_as_such() {
+        let (_, d) = load("plugins:\n- name: oauth2\n- name: oauth3\n");
+        let e: Vec<String> = d.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            e[0],
+            "conf/kong.yml:2:9: plugins[0].name: `oauth2` is a Kong plugin that Portcullis does not provide; remove it or write it as a Rust plugin"
+        );
+        assert!(
+            e[1].starts_with(
+                "conf/kong.yml:3:9: plugins[1].name: unknown plugin \"oauth3\" (available: "
+            ),
+            "{}",
+            e[1]
+        );
     }
 
     #[test]

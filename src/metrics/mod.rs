@@ -187,3 +187,59 @@ pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// `portcullis_certificates_expired{kind}`: loaded certificates past their notAfter. Counted at
+/// scrape time against the clock, so a certificate that lapses while loaded is counted without
+/// waiting for a reload; every kind always has a series (0 included) so alerts need no `absent()`.
+struct CertificatesExpired(IntGaugeVec);
+
+const CERT_KINDS: [&str; 3] = ["server", "client", "ca"];
+
+/// (kind, notAfter) of every loaded certificate, replaced whole at each load.
+static LOADED_CERT_EXPIRY: std::sync::Mutex<Vec<(&'static str, i64)>> =
+    std::sync::Mutex::new(Vec::new());
+
+impl Collector for CertificatesExpired {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if let Ok(loaded) = LOADED_CERT_EXPIRY.lock() {
+            for kind in CERT_KINDS {
+                let n = loaded
+                    .iter()
+                    .filter(|(k, not_after)| *k == kind && *not_after < now)
+                    .count();
+                self.0.with_label_values(&[kind]).set(n as i64);
+            }
+        }
+        self.0.collect()
+    }
+}
+
+static CERTIFICATES_EXPIRED: Lazy<()> = Lazy::new(|| {
+    let gauge = IntGaugeVec::new(
+        Opts::new(
+            "portcullis_certificates_expired",
+            "Loaded certificates past their notAfter, by kind (server, client, ca)",
+        ),
+        &["kind"],
+    )
+    .expect("valid metric options");
+    prometheus::register(Box::new(CertificatesExpired(gauge)))
+        .expect("metric portcullis_certificates_expired registers once");
+});
+
+/// Records the loaded certificates for `portcullis_certificates_expired`: (kind, notAfter), kind
+/// one of `server`, `client`, `ca`.
+pub fn set_loaded_certificates(certs: Vec<(&'static str, i64)>) {
+    Lazy::force(&CERTIFICATES_EXPIRED);
+    if let Ok(mut loaded) = LOADED_CERT_EXPIRY.lock() {
+        *loaded = certs;
+    }
+}
