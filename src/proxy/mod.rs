@@ -7,7 +7,7 @@ use crate::config::model::Protocol;
 use crate::metrics;
 use crate::plugin::chain::{self, Chain};
 use crate::plugin::headers::{RequestEdit, ResponseEdit};
-use crate::routing::{normalize_path, upstream_path, RequestInfo};
+use crate::routing::{normalize_path, upstream_path, RequestInfo, Routed};
 use crate::runtime::{RouteRt, Runtime, Shared};
 use crate::tls::upstream::{handshake_hook, UpstreamVerdict};
 use crate::tls::ConnInfo;
@@ -439,11 +439,15 @@ impl ProxyHttp for GatewayProxy {
                 sni: ctx.plugin.sni.as_deref(),
                 header: &lookup,
             };
-            rt.router.route(&info)
+            rt.router.find(&info)
         };
-        let Some(m) = matched else {
-            respond::send(session, ctx, ResponseSpec::Error(ErrorKind::NoRoute)).await?;
-            return Ok(true);
+        let (m, use_https) = match matched {
+            Routed::Route(m) => (m, false),
+            Routed::UseHttps(m) => (m, true),
+            Routed::NoRoute => {
+                respond::send(session, ctx, ResponseSpec::Error(ErrorKind::NoRoute)).await?;
+                return Ok(true);
+            }
         };
         let Some(route_rt) = rt.route_rt(&m.route).cloned() else {
             respond::send(session, ctx, ResponseSpec::Error(ErrorKind::NoRoute)).await?;
@@ -454,8 +458,7 @@ impl ProxyHttp for GatewayProxy {
         ctx.plugin.service = Some(route_rt.route.service.name.clone());
         ctx.route = Some(route_rt.clone());
 
-        let p = route_rt.route.protocols;
-        if !self.tls && !p.http && !p.grpc && (p.https || p.grpcs) {
+        if use_https {
             let code = route_rt.route.https_redirect_status_code;
             let spec = if code == 426 {
                 ResponseSpec::Error(ErrorKind::UseHttps)

@@ -46,14 +46,29 @@ struct Entry {
     methods: Vec<String>,
     /// The route limits hosts; host filtering already happened through the indexes.
     has_hosts: bool,
+    /// `protocols` has `http` or `grpc`: plain requests may match.
+    plain: bool,
+    /// `protocols` has `https` or `grpcs`: requests over TLS may match.
+    secure: bool,
 }
 
-/// The outcome of routing one request.
+/// A route and how much of the path it matched.
 #[derive(Debug, Clone)]
 pub struct Match {
     pub route: Arc<Route>,
     /// Bytes at the start of the path matched by the route's path (what `strip_path` removes).
     pub matched_len: usize,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, Clone)]
+pub enum Routed {
+    /// The best route that accepts the request's protocol.
+    Route(Match),
+    /// A plain request that no route accepting plain HTTP matches, while this https-only route
+    /// (the best of them) would match over TLS: answer its 426 or redirect, never proxy.
+    UseHttps(Match),
+    NoRoute,
 }
 
 #[derive(Debug, Default)]
@@ -234,6 +249,8 @@ impl Router {
                         snis: r.snis.clone(),
                         methods: r.methods.clone(),
                         has_hosts: !r.hosts.is_empty(),
+                        plain: r.protocols.http || r.protocols.grpc,
+                        secure: r.protocols.https || r.protocols.grpcs,
                     },
                     key,
                 });
@@ -291,8 +308,19 @@ impl Router {
         self.entries.is_empty()
     }
 
-    /// The best route for a request, by Kong's priority.
+    /// The best route accepting the request's protocol, by Kong's priority.
     pub fn route(&self, req: &RequestInfo<'_>) -> Option<Match> {
+        match self.find(req) {
+            Routed::Route(m) => Some(m),
+            Routed::UseHttps(_) | Routed::NoRoute => None,
+        }
+    }
+
+    /// Routes a request. `protocols` is a match criterion (SPEC §3): a request over TLS only
+    /// matches routes with `https`/`grpcs`, a plain one only routes with `http`/`grpc`. One pass
+    /// over the candidates also notes the best https-only route a plain request would have
+    /// matched, for the 426 answer when nothing accepts it as it is.
+    pub fn find(&self, req: &RequestInfo<'_>) -> Routed {
         // Host without port, lower-cased on the stack when needed.
         let raw_host = req.host;
         let host_no_port = match raw_host.rfind(':') {
@@ -386,6 +414,7 @@ impl Router {
         }
 
         let lists = &mut lists[..n];
+        let mut use_https: Option<(&Entry, usize)> = None;
         loop {
             // Take the smallest head among the lists: a k-way merge over sorted indices.
             let mut best: Option<(usize, u32)> = None;
@@ -396,11 +425,27 @@ impl Router {
                     }
                 }
             }
-            let (li, idx) = best?;
+            let Some((li, idx)) = best else {
+                return match use_https {
+                    Some((entry, len)) => Routed::UseHttps(Match {
+                        route: entry.route.clone(),
+                        matched_len: len,
+                    }),
+                    None => Routed::NoRoute,
+                };
+            };
             lists[li] = &lists[li][1..];
             let entry = &self.entries[idx as usize];
+            let accepts = if req.tls { entry.secure } else { entry.plain };
+            if !accepts && (req.tls || use_https.is_some() || !entry.secure) {
+                continue;
+            }
             if let Some(len) = self.matches(entry, req) {
-                return Some(Match {
+                if !accepts {
+                    use_https = Some((entry, len));
+                    continue;
+                }
+                return Routed::Route(Match {
                     route: entry.route.clone(),
                     matched_len: len,
                 });
@@ -418,6 +463,9 @@ impl Router {
             .unwrap_or("")
             .to_ascii_lowercase();
         self.entries.iter().find_map(|e| {
+            if !(if req.tls { e.secure } else { e.plain }) {
+                return None;
+            }
             let host_ok =
                 e.route.hosts.is_empty() || e.route.hosts.iter().any(|h| wildcard_match(h, &host));
             let len = if host_ok {
@@ -562,8 +610,10 @@ mod tests {
             } else {
                 "[]"
             };
+            let protocols =
+                ["[http, https]", "[https]", "[http]", "[grpc, grpcs]"][next(4) as usize];
             y.push_str(&format!(
-                "      - {{ name: r{i}, paths: {paths}, hosts: {hosts}, methods: {methods}, regex_priority: {} }}\n",
+                "      - {{ name: r{i}, paths: {paths}, hosts: {hosts}, methods: {methods}, protocols: {protocols}, regex_priority: {} }}\n",
                 next(3)
             ));
         }
@@ -593,7 +643,8 @@ mod tests {
             }
             let host = ["h1.test", "a.w.test", "other.test", "h1.test:8000"][next(4) as usize];
             let method = ["GET", "POST"][next(2) as usize];
-            let req = get(host, &path, method);
+            let mut req = get(host, &path, method);
+            req.tls = next(2) == 0;
             let fast = router
                 .route(&req)
                 .map(|m| (m.route.name.clone(), m.matched_len));
@@ -626,6 +677,46 @@ mod tests {
             router.route(&req).map(|m| m.route.name.clone()),
             router.route_linear(&req).map(|m| m.route.name.clone())
         );
+    }
+
+    #[test]
+    fn protocols_are_a_match_criterion() {
+        let router = router_from(
+            "_format_version: \"3.0\"\nservices:\n  - name: s\n    url: http://127.0.0.1:9\n    routes:\n      - { name: plain, protocols: [http], paths: [/api] }\n      - { name: secure, protocols: [https], paths: [/api] }\n      - { name: secure-long, protocols: [https], paths: [/only/secure] }\n      - { name: any, paths: [/only] }\n      - { name: grpc, protocols: [grpc], paths: [/g] }\n      - { name: grpcs, protocols: [grpcs], paths: [/g] }\n",
+        );
+        let find = |tls: bool, path: &str| {
+            let mut req = get("h.test", path, "GET");
+            req.tls = tls;
+            match router.find(&req) {
+                Routed::Route(m) => format!("route {}", m.route.name),
+                Routed::UseHttps(m) => format!("426 {}", m.route.name),
+                Routed::NoRoute => "404".to_string(),
+            }
+        };
+        assert_eq!(find(false, "/api/x"), "route plain");
+        assert_eq!(find(true, "/api/x"), "route secure");
+        assert_eq!(find(false, "/g"), "route grpc");
+        assert_eq!(find(true, "/g"), "route grpcs");
+        // A plain request takes a lower-priority route that accepts it over a 426.
+        assert_eq!(find(false, "/only/secure"), "route any");
+        assert_eq!(find(true, "/only/secure"), "route secure-long");
+        let only_https = router_from(
+            "_format_version: \"3.0\"\nservices:\n  - name: s\n    url: http://127.0.0.1:9\n    routes:\n      - { name: long, protocols: [https], paths: [/a/b] }\n      - { name: short, protocols: [https], paths: [/a] }\n      - { name: plain, protocols: [http], paths: [/p] }\n",
+        );
+        let find = |tls: bool, path: &str| {
+            let mut req = get("h.test", path, "GET");
+            req.tls = tls;
+            match only_https.find(&req) {
+                Routed::Route(m) => format!("route {}", m.route.name),
+                Routed::UseHttps(m) => format!("426 {}", m.route.name),
+                Routed::NoRoute => "404".to_string(),
+            }
+        };
+        // The 426 names the best https-only route that would have matched.
+        assert_eq!(find(false, "/a/b/c"), "426 long");
+        assert_eq!(find(false, "/a/c"), "426 short");
+        assert_eq!(find(true, "/p"), "404");
+        assert_eq!(find(false, "/nothing"), "404");
     }
 
     #[test]
