@@ -30,11 +30,13 @@ pub struct Gateway {
     pub started: std::time::SystemTime,
 }
 
-/// The passthrough table of a configuration.
+/// The passthrough table of a configuration. Routes of disabled services are left out: they
+/// serve nothing on any listener, so their SNIs get the unknown-name alert.
 pub fn stream_table(config: &Config, balancers: &crate::upstream::BalancerSet) -> StreamTable {
     let specs = config
         .stream_routes
         .iter()
+        .filter(|r| r.service.enabled)
         .map(|r| {
             let s = &r.service;
             let targets = match s.upstream.and_then(|i| config.upstreams.get(i)) {
