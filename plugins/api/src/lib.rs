@@ -630,15 +630,30 @@ pub trait PluginFactory: Send + Sync {
     ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>>;
 }
 
-/// Headers that carry an identity the gateway established; a client must never set them.
+/// Headers that carry an identity the gateway established; a client must never set them. Any
+/// case, and with underscores for hyphens: CGI, PHP and WSGI stacks read `X_Consumer_Username`
+/// as `X-Consumer-Username` (both become `HTTP_X_CONSUMER_USERNAME`).
 pub fn is_identity_header(name: &str) -> bool {
     let n = name.as_bytes();
-    let starts = |p: &str| n.len() >= p.len() && n[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+    // Case-insensitive, `_` and `-` alike; `p` is lower case with hyphens.
+    let same = |a: &[u8], p: &[u8]| {
+        a.len() == p.len()
+            && a.iter().zip(p).all(|(&x, &y)| {
+                let x = if x == b'_' {
+                    b'-'
+                } else {
+                    x.to_ascii_lowercase()
+                };
+                x == y
+            })
+    };
+    let starts = |p: &str| n.len() >= p.len() && same(&n[..p.len()], p.as_bytes());
+    let is = |p: &str| same(n, p.as_bytes());
     starts("x-consumer-")
         || starts("x-client-cert-")
-        || name.eq_ignore_ascii_case("x-credential-identifier")
-        || name.eq_ignore_ascii_case("x-anonymous-consumer")
-        || name.eq_ignore_ascii_case("x-authenticated-groups")
+        || is("x-credential-identifier")
+        || is("x-anonymous-consumer")
+        || is("x-authenticated-groups")
 }
 
 #[cfg(test)]
@@ -667,6 +682,15 @@ mod tests {
         assert!(is_identity_header("X-Authenticated-Groups"));
         assert!(!is_identity_header("X-Consumer"));
         assert!(!is_identity_header("Host"));
+        // Underscores for hyphens, any case: what CGI/WSGI stacks read as the same header.
+        assert!(is_identity_header("X_Consumer_Username"));
+        assert!(is_identity_header("x_client_cert_dn"));
+        assert!(is_identity_header("X_CLIENT_CERT_SAN"));
+        assert!(is_identity_header("x-credential_identifier"));
+        assert!(is_identity_header("X_Anonymous_Consumer"));
+        assert!(is_identity_header("x_authenticated_groups"));
+        assert!(!is_identity_header("x_consumer"));
+        assert!(!is_identity_header("x_authenticated_groupsx"));
     }
 
     #[derive(serde::Deserialize, Debug)]
