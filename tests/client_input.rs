@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{raw_exchange, Curl, Gateway, HttpEcho};
+use common::{raw_exchange, Curl, Gateway, HttpEcho, LeafSpec, Pki, Usage};
 
 fn echo_gateway(echo: &HttpEcho) -> Gateway {
     Gateway::start(&format!(
@@ -58,6 +58,73 @@ fn underscore_spellings_of_identity_headers_never_reach_the_upstream() {
             "other underscore headers pass: {seen:?}"
         );
     }
-    let _ = Duration::ZERO;
-    let _ = raw_exchange;
+}
+
+#[test]
+fn an_unverified_client_certificate_subject_cannot_forge_log_lines() {
+    let pki = Pki::new();
+    let server = pki.server_leaf("api", &["DNS:api.example.com"]);
+    let forged = "2026-01-01T00:00:00Z INFO forged=yes";
+    let evil = pki.issue(
+        LeafSpec::new("evil", &format!("mallory\n{forged}\r\u{1b}[2J")).usage(Usage::Client),
+        &pki.other_root,
+    );
+    let echo = HttpEcho::start("echo");
+    let gw = Gateway::builder()
+        .file("certs/root.crt", &pki.root.cert_pem)
+        .file("certs/api.chain.crt", &server.chain_pem)
+        .file("certs/api.key", &server.key_pem)
+        .file(
+            "gateway.yaml",
+            format!(
+                r#"
+ca_certificates:
+- name: clients
+  cert_file: certs/root.crt
+certificates:
+- name: api
+  cert_file: certs/api.chain.crt
+  key_file: certs/api.key
+  snis: [api.example.com]
+services:
+- name: echo
+  url: {u}
+  routes:
+  - name: secure
+    paths: [/]
+    plugins:
+    - name: mtls-auth
+      config:
+        ca_certificates: [clients]
+"#,
+                u = echo.url()
+            ),
+        )
+        .start();
+    let r = Curl::at("https", "api.example.com", gw.https_port(), "/")
+        .cacert(&pki.root.cert_path)
+        .cert(&evil.cert_path, &evil.key_path)
+        .run();
+    assert_eq!(r.status, 401, "{r:#?}");
+    assert!(
+        gw.wait_for_log("client certificate rejected", Duration::from_secs(5)),
+        "{}",
+        gw.log()
+    );
+    let log = gw.log();
+    let rejected = log
+        .lines()
+        .find(|l| l.contains("client certificate rejected"))
+        .unwrap_or_default();
+    assert!(
+        rejected.contains(&format!("mallory\\n{forged}\\r\\u{{1b}}[2J")),
+        "the subject is logged escaped on its own line: {rejected}"
+    );
+    for line in log.lines() {
+        assert!(
+            !line.starts_with(forged) && !line.contains('\u{1b}') && !line.contains('\r'),
+            "a client-controlled string made its own log line: {line:?}"
+        );
+    }
+    assert_eq!(echo.requests(), 0);
 }
