@@ -7,6 +7,7 @@ pub mod config;
 pub mod healthcheck;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod plugin;
 pub mod proxy;
 pub mod routing;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{raw_exchange, Curl, Gateway, HttpEcho, LeafSpec, Pki, Usage};
+use common::{Curl, Gateway, HttpEcho, LeafSpec, Pki, Usage};
 
 fn echo_gateway(echo: &HttpEcho) -> Gateway {
     Gateway::start(&format!(

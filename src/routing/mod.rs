@@ -7,6 +7,7 @@
 //! allocating.
 
 use crate::config::model::{PathSpec, Route};
+use crate::names::{self, NameUse};
 use regex::Regex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -155,20 +156,6 @@ fn categories(r: &Route) -> u32 {
         + u32::from(!r.methods.is_empty())
         + u32::from(!r.headers.is_empty())
         + u32::from(!r.snis.is_empty())
-}
-
-pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    if let Some(suffix) = pattern.strip_prefix("*.") {
-        name.len() > suffix.len() + 1
-            && name.ends_with(suffix)
-            && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
-    } else if let Some(prefix) = pattern.strip_suffix(".*") {
-        name.len() > prefix.len() + 1
-            && name.starts_with(prefix)
-            && name.as_bytes()[prefix.len()] == b'.'
-    } else {
-        pattern == name
-    }
 }
 
 impl Router {
@@ -332,6 +319,8 @@ impl Router {
             }
             _ => raw_host,
         };
+        // Normalised as `names::normalize` does, on the stack: no trailing dot, lower case.
+        let host_no_port = host_no_port.strip_suffix('.').unwrap_or(host_no_port);
         let mut buf = [0u8; 256];
         let host: &str = if host_no_port.bytes().any(|b| b.is_ascii_uppercase())
             && host_no_port.len() <= buf.len()
@@ -370,7 +359,8 @@ impl Router {
                     push(l, &mut lists, &mut n);
                 }
             }
-            if !self.suffix_hosts.is_empty() {
+            // `*.example.com` stands for at least one label: never for `.example.com`.
+            if !self.suffix_hosts.is_empty() && !host.starts_with('.') {
                 let mut rest = host;
                 while let Some(i) = rest.find('.') {
                     rest = &rest[i + 1..];
@@ -456,18 +446,16 @@ impl Router {
     /// Every entry in priority order, hosts checked here: what the indexes must agree with.
     #[cfg(test)]
     fn route_linear(&self, req: &RequestInfo<'_>) -> Option<Match> {
-        let host = req
-            .host
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let host = names::normalize(req.host.split(':').next().unwrap_or("")).into_owned();
         self.entries.iter().find_map(|e| {
             if !(if req.tls { e.secure } else { e.plain }) {
                 return None;
             }
-            let host_ok =
-                e.route.hosts.is_empty() || e.route.hosts.iter().any(|h| wildcard_match(h, &host));
+            let host_ok = e.route.hosts.is_empty()
+                || e.route
+                    .hosts
+                    .iter()
+                    .any(|h| names::matches(NameUse::RouteHost, h, &host));
             let len = if host_ok {
                 self.matches(e, req)?
             } else {
@@ -487,7 +475,12 @@ impl Router {
         }
         if req.tls && !e.snis.is_empty() {
             let sni = req.sni?;
-            if !e.snis.iter().any(|p| wildcard_match(p, sni)) {
+            // `sni` was normalised at the handshake (`tls::Acceptor`).
+            if !e
+                .snis
+                .iter()
+                .any(|p| names::matches(NameUse::RouteSni, p, sni))
+            {
                 return None;
             }
         }
@@ -540,17 +533,6 @@ pub fn upstream_path(service_path: Option<&str>, req_path: &str, strip: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcards() {
-        assert!(wildcard_match("*.example.com", "a.example.com"));
-        assert!(wildcard_match("*.example.com", "a.b.example.com"));
-        assert!(!wildcard_match("*.example.com", "example.com"));
-        assert!(!wildcard_match("*.example.com", "aexample.com"));
-        assert!(wildcard_match("example.*", "example.org"));
-        assert!(!wildcard_match("example.*", "example"));
-        assert!(!wildcard_match("example.*", "examples.org"));
-    }
 
     fn router_from(yaml: &str) -> Router {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -5,7 +5,6 @@
 //! `.example.com` (one label or more), `example.*` any name starting with `example.`. An exact
 //! name beats a wildcard; among wildcards the longest fixed part wins, leading before trailing.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,6 +14,8 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::net::TcpStream;
 
 use crate::metrics::{STREAM_ACTIVE, STREAM_BYTES};
+// Names from the ClientHello parser are already normalised: the lookup path does not allocate.
+use crate::names::normalize;
 
 /// One upstream address of a passthrough route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,17 +296,6 @@ impl StreamTable {
 
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
-    }
-}
-
-/// SNI comparison is case-insensitive and ignores one trailing dot. Names from the ClientHello
-/// parser are already normalised, so the lookup path does not allocate.
-fn normalize(name: &str) -> Cow<'_, str> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(name)
     }
 }
 

@@ -5,7 +5,7 @@
 pub mod upstream;
 
 use crate::config::model::{Certificate, Config};
-use crate::routing::wildcard_match;
+use crate::names::{self, NameUse};
 use crate::runtime::Shared;
 use async_trait::async_trait;
 use openssl::asn1::Asn1Time;
@@ -35,12 +35,16 @@ pub struct ClientCertPolicy {
 }
 
 impl ClientCertPolicy {
-    fn applies(&self, sni: Option<&str>) -> bool {
+    /// `sni` normalised (`names::normalize`), as routing sees it.
+    pub(crate) fn applies(&self, sni: Option<&str>) -> bool {
         if self.all {
             return true;
         }
         match sni {
-            Some(s) => self.snis.iter().any(|p| wildcard_match(p, s)),
+            Some(s) => self
+                .snis
+                .iter()
+                .any(|p| names::matches(NameUse::ClientCertificateRequest, p, s)),
             None => false,
         }
     }
@@ -49,7 +53,7 @@ impl ClientCertPolicy {
 /// Certificates by SNI for one configuration. Wildcards cover exactly one label, as certificate
 /// wildcards (and Kong's SNI matching) do: `*.example.com` serves `a.example.com`, not
 /// `a.b.example.com` nor `example.com`; `shop.*` serves `shop.` plus one label (`shop.test`, not
-/// `shop.example.org`, which would need `shop.example.*`).
+/// `shop.example.org`, which would need `shop.example.*`). See `names` for every use.
 pub struct CertStore {
     /// Exact names and wildcard patterns (`*.example.com`, `example.*`) as written.
     by_name: HashMap<String, Arc<Certificate>>,
@@ -63,15 +67,25 @@ impl CertStore {
         fallback: Arc<Certificate>,
         client_certs: ClientCertPolicy,
     ) -> Self {
+        let default = config.default_certificate.clone().unwrap_or(fallback);
+        Self::for_certificates(&config.certificates, default, client_certs)
+    }
+
+    /// The store for `certificates`, with `default` when no SNI matches.
+    pub fn for_certificates(
+        certificates: &[Arc<Certificate>],
+        default: Arc<Certificate>,
+        client_certs: ClientCertPolicy,
+    ) -> Self {
         let mut by_name = HashMap::new();
-        for c in &config.certificates {
+        for c in certificates {
             for s in &c.snis {
                 by_name.insert(s.clone(), c.clone());
             }
         }
         CertStore {
             by_name,
-            default: config.default_certificate.clone().unwrap_or(fallback),
+            default,
             client_certs,
         }
     }
@@ -81,19 +95,14 @@ impl CertStore {
         let Some(sni) = sni else {
             return &self.default;
         };
-        let sni = sni.to_ascii_lowercase();
-        if let Some(c) = self.by_name.get(&sni) {
+        let sni = names::normalize(sni);
+        if let Some(c) = self.by_name.get(sni.as_ref()) {
             return c;
         }
         // Kong's rule (`produce_wild_snis`): replace the first label by `*`, then the last one:
         // `www.domain.com` tries `*.domain.com`, then `www.domain.*`.
-        if let Some(i) = sni.find('.') {
-            if let Some(c) = self.by_name.get(&format!("*{}", &sni[i..])) {
-                return c;
-            }
-        }
-        if let Some(i) = sni.rfind('.') {
-            if let Some(c) = self.by_name.get(&format!("{}.*", &sni[..i])) {
+        for pattern in names::certificate_wildcards(&sni).iter().flatten() {
+            if let Some(c) = self.by_name.get(pattern) {
                 return c;
             }
         }
@@ -164,7 +173,11 @@ fn install(ssl: &mut SslRef, cert: &Certificate) -> Result<(), openssl::error::E
 impl TlsAccept for Acceptor {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
         let rt = self.shared.load();
-        let sni = ssl.servername(NameType::HOST_NAME).map(str::to_owned);
+        // Normalised once: the certificate and the client-certificate request are decided on
+        // the name routing will see (`handshake_complete_callback`).
+        let sni = ssl
+            .servername(NameType::HOST_NAME)
+            .map(|s| names::normalize(s).into_owned());
         let cert = rt.certs.lookup(sni.as_deref()).clone();
         if let Err(e) = install(ssl, &cert) {
             tracing::error!(certificate = cert.display_name(), error = %e, "installing certificate failed");
@@ -193,7 +206,7 @@ impl TlsAccept for Acceptor {
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         let sni = ssl
             .servername(NameType::HOST_NAME)
-            .map(|s| s.to_ascii_lowercase());
+            .map(|s| names::normalize(s).into_owned());
         let client_certificate = ssl.peer_certificate().map(|leaf| {
             let mut chain_der = Vec::new();
             if let Ok(d) = leaf.to_der() {
