@@ -1,6 +1,7 @@
 //! The HTTP proxy: one `GatewayProxy` (Pingora `ProxyHttp`) per listener. The route is matched
 //! first and kept in the per-request context; every later hook reads from it.
 
+pub mod request_line;
 pub mod respond;
 
 use crate::config::model::Protocol;
@@ -313,6 +314,18 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_owned);
         ctx.plugin.request_id = rid.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+
+        // A target with spaces or control characters: nginx answers 400, Pingora would have
+        // proxied it percent-encoded (see `request_line`).
+        if let Some(h1) = session.as_downstream().as_http1() {
+            let head = h1.get_headers_raw_bytes();
+            let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if request_line::escaped_by_pingora(h1.stream(), line) {
+                respond::send(session, ctx, ResponseSpec::Error(ErrorKind::BadRequest)).await?;
+                return Ok(true);
+            }
+        }
 
         // nginx (and so Kong) refuse headers beyond 4 × 8 KiB buffers; Pingora alone would take
         // about 1 MiB and forward it. Refuse oversized headers before doing anything with them.

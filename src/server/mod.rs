@@ -6,6 +6,7 @@ pub mod reload;
 pub mod status;
 
 use crate::config::model::Config;
+use crate::proxy::request_line::GuardedApp;
 use crate::proxy::GatewayProxy;
 use crate::runtime::{self, Runtime, Shared};
 use crate::stream::{
@@ -151,11 +152,19 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
 
     for (i, l) in config.listeners.proxy.iter().enumerate() {
         let proxy = GatewayProxy::new(shared.clone(), l.tls, &l.address);
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &server_conf,
-            proxy,
-            &format!("proxy-{i}"),
-        );
+        let mut app = pingora::proxy::http_proxy(&server_conf, proxy);
+        if !l.tls && l.http2 {
+            // h2c with prior knowledge on plaintext listeners that ask for it (`http2: true`,
+            // Kong's `http2` listen flag; gRPC without TLS): Pingora peeks for the HTTP/2
+            // preface and falls back to HTTP/1.1. Opt-in, because that peek waits for 24 bytes
+            // with no time limit before answering anything.
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+        // Connections are read through the request-line guard: Pingora rewrites malformed
+        // request lines before any hook could see them (`proxy::request_line`).
+        let mut svc = Service::new(format!("proxy-{i}"), GuardedApp::new(app));
         if l.tls {
             let mut tls = TlsSettings::with_callbacks(Box::new(Acceptor {
                 shared: shared.clone(),
@@ -173,17 +182,6 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
                     .l4_buffer(read_buffer(TLS_RECORD_BUFFER)),
             );
         } else {
-            // h2c with prior knowledge on plaintext listeners that ask for it (`http2: true`,
-            // Kong's `http2` listen flag; gRPC without TLS): Pingora peeks for the HTTP/2
-            // preface and falls back to HTTP/1.1. Opt-in, because that peek waits for 24 bytes
-            // with no time limit before answering anything.
-            if l.http2 {
-                if let Some(app) = svc.app_logic_mut() {
-                    let mut options = pingora::apps::HttpServerOptions::default();
-                    options.h2c = true;
-                    app.server_options = Some(options);
-                }
-            }
             // Pingora's HTTP/1 code reads into its own buffers; a read buffer underneath only
             // adds a copy of every byte and 64 KiB per connection.
             svc.add_listener(ListenerConfig::tcp(l.address.as_str()).l4_buffer(read_buffer(0)));
