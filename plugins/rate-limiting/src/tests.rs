@@ -150,3 +150,29 @@ fn keys_are_kongs() {
         "ratelimit:r1:s1:10.0.0.1:1700000000000:minute"
     );
 }
+
+#[tokio::test]
+async fn a_tie_in_remaining_reports_the_longer_window() {
+    let p =
+        RateLimiting::from_config(&json!({"minute": 5, "hour": 5, "limit_by": "service"})).unwrap();
+    let hour = window::PERIODS[2];
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let before = window::reset_secs(&hour, now());
+    let mut c = ctx("unit-tie");
+    assert!(matches!(
+        call(&p, &mut c, &http::HeaderMap::new()).await,
+        Flow::Continue
+    ));
+    let after = window::reset_secs(&hour, now());
+    let reset: i64 = header(&c, "RateLimit-Reset").unwrap().parse().unwrap();
+    assert!(
+        (after..=before).contains(&reset),
+        "{reset} not the hour's ({after}..={before})"
+    );
+    assert_eq!(header(&c, "RateLimit-Remaining"), Some("4"));
+}
