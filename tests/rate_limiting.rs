@@ -492,3 +492,65 @@ fn unusable_policies_are_refused_with_their_location() {
         out.all()
     );
 }
+
+#[test]
+fn limit_by_consumer_counts_each_authenticated_consumer() {
+    let pki = Pki::new();
+    let server = pki.server_leaf("api", &["DNS:api.example.com"]);
+    let echo = HttpEcho::start("echo");
+    let gw = Gateway::builder()
+        .file("certs/root.crt", &pki.root.cert_pem)
+        .file("certs/api.chain.crt", &server.chain_pem)
+        .file("certs/api.key", &server.key_pem)
+        .file(
+            "gateway.yaml",
+            format!(
+                r#"ca_certificates:
+- name: clients
+  cert_file: certs/root.crt
+certificates:
+- name: api
+  cert_file: certs/api.chain.crt
+  key_file: certs/api.key
+  snis: [api.example.com]
+consumers:
+- username: alice
+- username: bob
+services:
+- name: echo
+  url: {url}
+  routes:
+  - name: byconsumer
+    paths: [/c]
+    plugins:
+    - name: mtls-auth
+      config: {{ca_certificates: [clients]}}
+    - name: rate-limiting
+      config: {{hour: 1}}
+plugins:
+- name: rate-limiting
+  route: byconsumer
+  consumer: alice
+  config: {{hour: 2}}
+"#,
+                url = echo.url()
+            ),
+        )
+        .start();
+    let call = |who: &Leaf| {
+        Curl::at("https", "api.example.com", gw.https_port(), "/c")
+            .cacert(&pki.root.cert_path)
+            .cert(&who.cert_path, &who.key_path)
+            .run()
+    };
+    // Same address, different consumers: separate counters; alice's own instance allows two.
+    let r = call(&pki.bob);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-ratelimit-limit-hour"), Some("1"));
+    assert_limited(&call(&pki.bob));
+    let r = call(&pki.alice);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-ratelimit-limit-hour"), Some("2"));
+    assert_eq!(call(&pki.alice).status, 200);
+    assert_limited(&call(&pki.alice));
+}
