@@ -554,3 +554,44 @@ plugins:
     assert_eq!(call(&pki.alice).status, 200);
     assert_limited(&call(&pki.alice));
 }
+
+#[test]
+fn an_instance_counts_across_its_whole_scope() {
+    let echo = HttpEcho::start("echo");
+    let gw = Gateway::start(&format!(
+        r#"services:
+- name: wide
+  url: {url}
+  plugins:
+  - name: rate-limiting
+    config: {{hour: 2, limit_by: ip}}
+  routes:
+  - name: w1
+    paths: [/w1]
+  - name: w2
+    paths: [/w2]
+- name: narrow
+  url: {url}
+  routes:
+  - name: n1
+    paths: [/n1]
+    plugins:
+    - name: rate-limiting
+      config: {{hour: 1, limit_by: ip}}
+  - name: n2
+    paths: [/n2]
+    plugins:
+    - name: rate-limiting
+      config: {{hour: 1, limit_by: ip}}
+"#,
+        url = echo.url()
+    ));
+    // A service's instance: one counter for all its routes (Kong keys by the plugin's scope).
+    assert_eq!(get(&gw, "/w1").run().status, 200);
+    assert_eq!(get(&gw, "/w2").run().status, 200);
+    assert_limited(&get(&gw, "/w1").run());
+    // Each route's own instance: its own counter.
+    assert_eq!(get(&gw, "/n1").run().status, 200);
+    assert_eq!(get(&gw, "/n2").run().status, 200);
+    assert_limited(&get(&gw, "/n1").run());
+}

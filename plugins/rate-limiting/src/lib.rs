@@ -56,6 +56,9 @@ enum Backend {
 pub struct RateLimiting {
     config: Config,
     backend: Backend,
+    /// `ratelimit:<route id>:<service id>:` of the instance's scope, as Kong keys counters: an
+    /// instance on a service counts across all its routes, a global one across everything.
+    key_prefix: String,
 }
 
 impl std::fmt::Debug for RateLimiting {
@@ -76,7 +79,12 @@ struct Usage {
 }
 
 impl RateLimiting {
-    pub fn from_config(value: &Value) -> Result<Self, Vec<ConfigError>> {
+    /// `route_id`/`service_id`: the instance's scope (`None`: not scoped to one).
+    pub fn from_config(
+        value: &Value,
+        route_id: Option<&str>,
+        service_id: Option<&str>,
+    ) -> Result<Self, Vec<ConfigError>> {
         let config = config::parse(value)?;
         let backend = match &config.policy {
             Policy::Local => Backend::Local(state::local()),
@@ -89,7 +97,16 @@ impl RateLimiting {
                 sync_every: Some(every),
             } => Backend::Synced(sync::SyncState::start(state::redis(rc), *every)),
         };
-        Ok(RateLimiting { config, backend })
+        let key_prefix = format!(
+            "ratelimit:{}:{}:",
+            route_id.unwrap_or(NULL_UUID),
+            service_id.unwrap_or(NULL_UUID)
+        );
+        Ok(RateLimiting {
+            config,
+            backend,
+            key_prefix,
+        })
     }
 
     /// Kong's `get_identifier`: what the counters are kept per; the client address when the
@@ -129,15 +146,9 @@ impl RateLimiting {
     }
 }
 
-/// Counter key of one window, as Kong's policies build it.
-fn counter_key(
-    route: &str,
-    service: &str,
-    identifier: &str,
-    start_ms: i64,
-    period: &str,
-) -> String {
-    format!("ratelimit:{route}:{service}:{identifier}:{start_ms}:{period}")
+/// Counter key of one window, as Kong's policies build it (`prefix` holds route and service).
+fn counter_key(prefix: &str, identifier: &str, start_ms: i64, period: &str) -> String {
+    format!("{prefix}{identifier}:{start_ms}:{period}")
 }
 
 #[async_trait]
@@ -157,18 +168,13 @@ impl Plugin for RateLimiting {
             .unwrap_or(0);
         let keys: Vec<(String, Duration)> = {
             let identifier = self.identifier(req, ctx);
-            let route = ctx.route_info.as_ref().map_or(NULL_UUID, |r| r.id.as_str());
-            let service = ctx
-                .service_info
-                .as_ref()
-                .map_or(NULL_UUID, |s| s.id.as_str());
             self.config
                 .limits
                 .iter()
                 .map(|(p, _)| {
                     let start = window::window_start_ms(p, now_s);
                     (
-                        counter_key(route, service, &identifier, start, p.name),
+                        counter_key(&self.key_prefix, &identifier, start, p.name),
                         Duration::from_secs(p.secs),
                     )
                 })
@@ -265,9 +271,13 @@ impl PluginFactory for Factory {
     fn build(
         &self,
         config: &Value,
-        _ctx: &BuildContext,
+        ctx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
-        Ok(Arc::new(RateLimiting::from_config(config)?))
+        Ok(Arc::new(RateLimiting::from_config(
+            config,
+            ctx.route_id.as_deref(),
+            ctx.service_id.as_deref(),
+        )?))
     }
 }
 

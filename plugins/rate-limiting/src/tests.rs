@@ -36,7 +36,12 @@ async fn call(p: &RateLimiting, c: &mut RequestCtx, headers: &http::HeaderMap) -
 
 #[tokio::test]
 async fn consumer_limits_fall_back_to_the_client_address() {
-    let p = RateLimiting::from_config(&json!({"hour": 2, "limit_by": "consumer"})).unwrap();
+    let p = RateLimiting::from_config(
+        &json!({"hour": 2, "limit_by": "consumer"}),
+        Some("unit-consumer"),
+        None,
+    )
+    .unwrap();
     let h = http::HeaderMap::new();
     let route = "unit-consumer-fallback";
     // Two different consumers each get their own two requests.
@@ -71,7 +76,12 @@ async fn consumer_limits_fall_back_to_the_client_address() {
 
 #[tokio::test]
 async fn ratelimit_headers_follow_the_tightest_period() {
-    let p = RateLimiting::from_config(&json!({"minute": 3, "hour": 10})).unwrap();
+    let p = RateLimiting::from_config(
+        &json!({"minute": 3, "hour": 10}),
+        Some("unit-headers"),
+        None,
+    )
+    .unwrap();
     let h = http::HeaderMap::new();
     let mut c = ctx("unit-headers");
     assert!(matches!(call(&p, &mut c, &h).await, Flow::Continue));
@@ -90,7 +100,7 @@ async fn hidden_headers_and_custom_error() {
     let p = RateLimiting::from_config(&json!({
         "second": 1, "hide_client_headers": true, "error_code": 503, "error_message": "slow down",
         "limit_by": "header", "header_name": "x-key"
-    }))
+    }), Some("unit-hidden"), None)
     .unwrap();
     let mut h = http::HeaderMap::new();
     h.insert("x-key", "k1".parse().unwrap());
@@ -121,10 +131,14 @@ async fn hidden_headers_and_custom_error() {
 #[tokio::test]
 async fn unreachable_redis_fails_open_or_closed() {
     let dead = |ft: bool| {
-        RateLimiting::from_config(&json!({
-            "minute": 5, "policy": "redis", "fault_tolerant": ft,
-            "redis": {"host": "127.0.0.1", "port": 1, "timeout": 200}
-        }))
+        RateLimiting::from_config(
+            &json!({
+                "minute": 5, "policy": "redis", "fault_tolerant": ft,
+                "redis": {"host": "127.0.0.1", "port": 1, "timeout": 200}
+            }),
+            Some("unit-redis"),
+            None,
+        )
         .unwrap()
     };
     let h = http::HeaderMap::new();
@@ -146,15 +160,19 @@ async fn unreachable_redis_fails_open_or_closed() {
 #[test]
 fn keys_are_kongs() {
     assert_eq!(
-        counter_key("r1", "s1", "10.0.0.1", 1_700_000_000_000, "minute"),
+        counter_key("ratelimit:r1:s1:", "10.0.0.1", 1_700_000_000_000, "minute"),
         "ratelimit:r1:s1:10.0.0.1:1700000000000:minute"
     );
 }
 
 #[tokio::test]
 async fn a_tie_in_remaining_reports_the_longer_window() {
-    let p =
-        RateLimiting::from_config(&json!({"minute": 5, "hour": 5, "limit_by": "service"})).unwrap();
+    let p = RateLimiting::from_config(
+        &json!({"minute": 5, "hour": 5, "limit_by": "service"}),
+        Some("unit-tie"),
+        None,
+    )
+    .unwrap();
     let hour = window::PERIODS[2];
     let now = || {
         SystemTime::now()
