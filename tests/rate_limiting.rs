@@ -122,7 +122,7 @@ fn kongs_headers_and_429_per_window() {
 
     in_one_window(|key| {
         let h = format!("X-Key: {key}");
-        let rs: Vec<Response> = (0..4)
+        let rs: Vec<Response> = (0..5)
             .map(|_| get(&gw, "/limited").header(&h).run())
             .collect();
         let resets: Vec<i64> = rs.iter().map(|r| num(r, "ratelimit-reset")).collect();
@@ -165,6 +165,10 @@ fn kongs_headers_and_429_per_window() {
         // Only the exceeded period's count is shown as used by this request.
         assert_eq!(r.header("x-ratelimit-remaining-hour"), Some("97"));
         assert_eq!(r.header("retry-after"), r.header("ratelimit-reset"));
+        // Refused requests are not counted (Kong increments only what it lets through): the
+        // hour is not used up by a client hammering the minute.
+        assert_limited(&rs[4]);
+        assert_eq!(rs[4].header("x-ratelimit-remaining-hour"), Some("97"));
         true
     });
 

@@ -141,7 +141,31 @@ impl RateLimiting {
             // Synchronous: no await on the request path for the local policy.
             Backend::Local(s) => Ok(keys.iter().map(|(k, ttl)| s.incr_now(k, *ttl, 1)).collect()),
             Backend::Redis(s) => s.incr(keys, 1).await,
-            Backend::Synced(s) => Ok(s.incr(keys)),
+            Backend::Synced(s) => Ok(s.incr(keys, 1)),
+        }
+    }
+
+    /// Takes back a refused request's increments: Kong counts only the requests it lets
+    /// through, so a client hammering a per-second limit does not use up its minute. For Redis
+    /// this is a second round trip, made on the background runtime, off the request path.
+    fn uncount(&self, keys: Vec<(String, Duration)>) {
+        match &self.backend {
+            Backend::Local(s) => {
+                for (k, ttl) in &keys {
+                    s.incr_now(k, *ttl, -1);
+                }
+            }
+            Backend::Synced(s) => {
+                s.incr(&keys, -1);
+            }
+            Backend::Redis(s) => {
+                let store = s.clone();
+                portcullis_plugin_api::background::spawn(async move {
+                    if let Err(e) = store.incr(&keys, -1).await {
+                        tracing::error!(plugin = NAME, error = %e, "failed to take back a refused request");
+                    }
+                });
+            }
         }
     }
 }
@@ -244,6 +268,7 @@ impl Plugin for RateLimiting {
         }
 
         if stop.is_some() {
+            self.uncount(keys);
             let mut resp =
                 PluginResponse::message(self.config.error_code, self.config.error_message.clone());
             if let Some(reset) = reset {

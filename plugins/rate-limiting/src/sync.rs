@@ -45,8 +45,8 @@ impl SyncState {
         state
     }
 
-    /// Counts one request on each key; returns the totals as known here.
-    pub fn incr(&self, keys: &[(String, Duration)]) -> Vec<i64> {
+    /// Adds `delta` to each key; returns the totals as known here.
+    pub fn incr(&self, keys: &[(String, Duration)], delta: i64) -> Vec<i64> {
         let now = Instant::now();
         let Ok(mut map) = self.counters.lock() else {
             return vec![0; keys.len()];
@@ -59,7 +59,7 @@ impl SyncState {
                     ttl: *ttl,
                     expires: now + *ttl,
                 });
-                c.pending += 1;
+                c.pending += delta;
                 c.synced + c.pending
             })
             .collect()
@@ -76,7 +76,7 @@ impl SyncState {
             };
             map.retain(|_, c| c.expires > now);
             for (k, c) in map.iter_mut() {
-                if c.pending > 0 {
+                if c.pending != 0 {
                     by_delta
                         .entry(c.pending)
                         .or_default()
