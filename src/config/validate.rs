@@ -790,6 +790,8 @@ pub fn validate(
         conf_dir: dir.to_path_buf(),
         plugin_credentials,
         instance_id: String::new(),
+        route_id: None,
+        service_id: None,
     };
     let mut build_ctx = build_ctx;
     let registry = crate::plugin::registry();
@@ -848,6 +850,8 @@ pub fn validate(
                 scope.consumer.as_deref().unwrap_or("")
             ),
         };
+        build_ctx.route_id = scope.route.clone();
+        build_ctx.service_id = scope.service.clone();
         match factory.build(&config_json, &build_ctx) {
             Ok(_) if !p.enabled => {}
             Ok(plugin) => plugins.push(PluginInstance {

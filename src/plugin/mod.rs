@@ -28,6 +28,9 @@ pub fn registry() -> Vec<Box<dyn PluginFactory>> {
         Box::new(portcullis_loggers::UdpLogFactory),
         #[cfg(feature = "test-plugins")]
         Box::new(portcullis_testkit::Factory),
+        Box::new(portcullis_rate_limiting::Factory),
+        Box::new(portcullis_request_size_limiting::Factory),
+        Box::new(portcullis_ip_restriction::Factory),
     ]
 }
 

@@ -92,6 +92,8 @@ pub struct Ctx {
     upstream_uri: Option<String>,
     /// When the current try's peer was chosen (its connect time ends in `connected_to_upstream`).
     peer_selected: Option<Instant>,
+    /// The connection's peer address; `plugin.client_ip` is the client a trusted proxy reported.
+    peer_ip: Option<IpAddr>,
 }
 
 impl Ctx {
@@ -297,6 +299,7 @@ impl ProxyHttp for GatewayProxy {
             tries_log: Vec::new(),
             upstream_uri: None,
             peer_selected: None,
+            peer_ip: None,
         }
     }
 
@@ -380,10 +383,19 @@ impl ProxyHttp for GatewayProxy {
         ctx.plugin.tls = self.tls;
         ctx.plugin.sni = sni;
         ctx.plugin.client_certificate = client_cert;
-        ctx.plugin.client_ip = session
+        ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        // Plugins (ip-restriction, rate-limiting by ip, load balancing on ip) see the client a
+        // trusted proxy reported, as Kong's `kong.client.get_forwarded_ip()` does.
+        ctx.plugin.client_ip = ctx.peer_ip.map(|peer| {
+            forwarded_client(
+                peer,
+                &session.req_header().headers,
+                &rt.config.server.trusted_proxies,
+            )
+        });
 
         // Route (and forward) the normalised path, as Kong does: otherwise `/public/../private`
         // would take the public route's plugins and reach /private upstream.
@@ -756,7 +768,7 @@ impl ProxyHttp for GatewayProxy {
         }
 
         // X-Forwarded-*: replaced unless the peer is a trusted proxy.
-        let client_ip = ctx.plugin.client_ip;
+        let client_ip = ctx.peer_ip;
         let trusted = client_ip
             .map(|ip| {
                 ctx.rt
@@ -1079,6 +1091,41 @@ pub fn host_with_port(host: &str, port: u16, protocol: Protocol) -> String {
 }
 
 /// Used by `respond` to build bodies without allocation-heavy JSON machinery.
+/// The client address behind a trusted proxy: `X-Forwarded-For` read from the right, skipping
+/// trusted proxies, the first untrusted address being the client (nginx's `real_ip_recursive`).
+/// The peer itself when it is not trusted or the header has no usable address — a client can
+/// never choose its own address by sending the header.
+fn forwarded_client(
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[crate::config::model::IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    // Later header lines come after earlier ones in the chain.
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for entry in entries.iter().rev() {
+        let entry = entry.trim();
+        let Ok(ip) = entry.parse::<IpAddr>() else {
+            // Garbage ends the walk: nothing left of it was vouched for.
+            break;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
 pub fn json_body(message: &str, request_id: &str) -> Bytes {
     let v = serde_json::json!({ "message": message, "request_id": request_id });
     Bytes::from(v.to_string())
@@ -1086,6 +1133,58 @@ pub fn json_body(message: &str, request_id: &str) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn forwarded_client_trusts_only_configured_proxies() {
+        use super::forwarded_client;
+        use crate::config::model::IpNet;
+        use std::net::IpAddr;
+        let net = |a: &str, prefix| IpNet {
+            addr: a.parse().unwrap(),
+            prefix,
+        };
+        let trusted = [net("10.0.0.0", 8), net("::1", 128)];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = |v: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in v {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            h
+        };
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            forwarded_client(ip("192.0.2.1"), &xff(&["203.0.113.5"]), &trusted),
+            ip("192.0.2.1")
+        );
+        // A trusted peer: the rightmost untrusted address, over several hops and lines.
+        assert_eq!(
+            forwarded_client(
+                ip("10.0.0.2"),
+                &xff(&["198.51.100.1, 203.0.113.5", "10.0.0.9"]),
+                &trusted
+            ),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            forwarded_client(ip("::1"), &xff(&["2001:db8::7"]), &trusted),
+            ip("2001:db8::7")
+        );
+        // No header, or garbage right away: the peer.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.2"), &xff(&[]), &trusted),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            forwarded_client(ip("10.0.0.2"), &xff(&["198.51.100.1, junk"]), &trusted),
+            ip("10.0.0.2")
+        );
+        // Nothing trusted configured: always the peer.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.2"), &xff(&["203.0.113.5"]), &[]),
+            ip("10.0.0.2")
+        );
+    }
+
     use super::ip_header_value;
 
     #[test]

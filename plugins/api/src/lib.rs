@@ -120,6 +120,10 @@ pub struct BuildContext {
     /// A stable id of the instance being built: its `id` in the file, else derived from its
     /// name and scope, so state keyed by it survives reloads.
     pub instance_id: String,
+    /// The route and service the instance is scoped to (Kong's `conf.route_id` and
+    /// `conf.service_id`); `None` when not scoped to one.
+    pub route_id: Option<String>,
+    pub service_id: Option<String>,
 }
 
 impl BuildContext {
