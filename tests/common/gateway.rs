@@ -82,11 +82,17 @@ pub struct Ports {
 #[allow(dead_code)]
 impl Ports {
     pub fn new() -> Ports {
+        // Held together until all four are known, so the kernel cannot hand the same ephemeral
+        // port out twice (seen under a loaded parallel run: "address already used by ...").
+        let held: Vec<std::net::TcpListener> = (0..4)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+            .collect();
+        let port = |i: usize| held[i].local_addr().expect("local addr").port();
         Ports {
-            http: free_port(),
-            https: free_port(),
-            status: free_port(),
-            stream: free_port(),
+            http: port(0),
+            https: port(1),
+            status: port(2),
+            stream: port(3),
         }
     }
 
