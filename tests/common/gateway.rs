@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::client::http_get;
-use super::free_port;
 
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
