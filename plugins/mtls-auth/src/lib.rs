@@ -290,12 +290,21 @@ impl MtlsAuth {
             .iter()
             .filter_map(|c| c.subject_name().to_der().ok())
             .collect();
+        let ocsp_store = match verify::build_ocsp_store(&cas, raw.allow_partial_chain) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                return Err(vec![ConfigError::new(
+                    "ca_certificates",
+                    format!("cannot build the OCSP trust store: {e}"),
+                )])
+            }
+        };
         let revocation = Revocation::new(
             raw.revocation_check_mode.unwrap_or_default(),
             file_crls,
             millis(raw.http_timeout),
             millis(raw.cert_cache_ttl),
-            store.clone(),
+            ocsp_store,
         );
         Ok(MtlsAuth {
             store,
