@@ -660,6 +660,34 @@ pub fn is_identity_header(name: &str) -> bool {
         || is("x-authenticated-groups")
 }
 
+/// A header value listing `items` (`a, b`). An item that would not read back as itself from a
+/// comma-separated list (it holds a comma or a quote, or starts or ends with space) is written
+/// as a quoted string (RFC 9110 §5.6.4), so a certificate name `admins, ops` stays one item
+/// instead of becoming the two groups `admins` and `ops` upstream.
+pub fn header_list<S: AsRef<str>>(items: &[S]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        let item = item.as_ref();
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let plain = !item.is_empty() && !item.contains([',', '"', '\\']) && item.trim() == item;
+        if plain {
+            out.push_str(item);
+        } else {
+            out.push('"');
+            for c in item.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

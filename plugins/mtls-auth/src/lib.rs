@@ -137,7 +137,16 @@ impl ConsumerIndex {
                     ConsumerField::CustomId => &self.by_custom_id,
                     ConsumerField::Username => &self.by_username,
                 };
-                if let Some(c) = map.get(*name) {
+                let Some(c) = map.get(*name) else { continue };
+                // A credential ties this name of this consumer to a CA, and that CA did not
+                // issue the certificate (or the first step would have matched): the same
+                // name from another CA must not log in as that consumer by its username.
+                let pinned = self.credentials.get(*name).is_some_and(|entries| {
+                    entries
+                        .iter()
+                        .any(|e| e.ca.is_some() && e.consumer.id == c.id)
+                });
+                if !pinned {
                     return Some((c.clone(), name.to_string()));
                 }
             }
@@ -552,7 +561,8 @@ impl Plugin for MtlsAuth {
                 if cert.sans.is_empty() {
                     drop_header(ctx, "x-client-cert-san");
                 } else {
-                    set_header(ctx, "x-client-cert-san", &cert.sans.join(", "));
+                    let sans = portcullis_plugin_api::header_list(&cert.sans);
+                    set_header(ctx, "x-client-cert-san", &sans);
                 }
                 Flow::Continue
             }

@@ -1101,3 +1101,44 @@ fn factory_and_client_cert_request() {
         ]
     );
 }
+
+#[tokio::test]
+async fn consumer_by_never_maps_a_name_its_credential_pins_to_another_ca() {
+    let mut w = World::new();
+    // bob may log in with certificates of the unrelated CA only.
+    w.credential("bob", Some("ca-other"), "c-bob");
+    let p = w.plugin(json!({"ca_certificates": ["clients", "unrelated"]}));
+
+    // CN bob from the root: the username `bob` must not stand in for the pinned credential.
+    let (flow, ctx) = run(&p, Some(w.bob().presented())).await;
+    assert_401(&flow, &ctx, "Unauthorized", "no_consumer");
+
+    let bob_other = w.other.issue(&Leaf::new("bob", 0x3a0));
+    let (flow, ctx) = run(&p, Some(bob_other.presented())).await;
+    assert_consumer(&flow, &ctx, "c-bob");
+
+    // Without a pinning credential, consumer_by still matches the username.
+    let open = w.plugin(base(json!({})));
+    let dave = w.root.issue(&Leaf::new("dave", 0x3a1));
+    let (flow, ctx) = run(&open, Some(dave.presented())).await;
+    assert_consumer(&flow, &ctx, "c-dave");
+}
+
+#[tokio::test]
+async fn a_common_name_with_a_comma_stays_one_group() {
+    let w = World::new();
+    let p = w.plugin(base(json!({"skip_consumer_lookup": true})));
+    let cert = w.root.issue(&Leaf::new("admins, ops", 0x3b0));
+    let (flow, ctx) = run(&p, Some(cert.presented())).await;
+    assert!(matches!(flow, Flow::Continue));
+    assert_eq!(
+        ctx.authenticated_groups,
+        Some(vec!["admins, ops".to_string()])
+    );
+    // Written as a header list, the name reads back as one item, not `admins` and `ops`.
+    let groups = ctx.authenticated_groups.unwrap_or_default();
+    assert_eq!(
+        portcullis_plugin_api::header_list(&groups),
+        r#""admins, ops""#
+    );
+}
