@@ -1616,6 +1616,15 @@ fn build_service(
         .cloned();
     let verify = s.tls_verify.unwrap_or(true);
     let verify_depth = s.tls_verify_depth.as_ref().map(|v| v.v as u8);
+    if let Some(v) = s.tls_server_name.as_ref().filter(|v| v.v.trim().is_empty()) {
+        // OpenSSL takes an empty host name as "no host to check": the certificate of any name
+        // would pass. Only `tls_verify: false` may turn name checks off.
+        d.err(
+            &v.loc,
+            &v.path,
+            "tls_server_name must not be empty (omit it to verify the service host; only tls_verify: false disables verification)",
+        );
+    }
     let server_name = s
         .tls_server_name
         .as_ref()
@@ -1626,7 +1635,7 @@ fn build_service(
         verify_depth,
         ca_certificates
             .iter()
-            .map(|c| c.fingerprint.clone())
+            .flat_map(|c| c.certs.iter().map(fingerprint))
             .collect::<Vec<_>>(),
         client_certificate.as_ref().map(|c| c.fingerprint.clone()),
         server_name.clone(),
