@@ -243,7 +243,7 @@ impl MtlsAuth {
         let mut file_crls = Vec::new();
         if let Some(file) = raw.crl_file.as_deref().filter(|f| !f.trim().is_empty()) {
             let path = ctx.conf_dir.join(file);
-            match std::fs::read(&path) {
+            match ctx.read_file(file) {
                 Err(e) => errors.push(ConfigError::new(
                     "crl_file",
                     format!("cannot read {}: {e}", path.display()),
