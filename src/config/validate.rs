@@ -1278,12 +1278,9 @@ fn build_server(doc: &RawDoc, d: &mut Diags) -> ServerSettings {
             .and_then(|s| s.graceful_shutdown_seconds)
             .map(|t| t as u64)
             .unwrap_or(10),
-        upgrade_sock: s
-            .and_then(|s| s.upgrade_sock.clone())
-            .unwrap_or_else(|| "/tmp/portcullis_upgrade.sock".into()),
-        pid_file: s
-            .and_then(|s| s.pid_file.clone())
-            .unwrap_or_else(|| "/tmp/portcullis.pid".into()),
+        upgrade_sock: s.and_then(|s| s.upgrade_sock.clone()),
+        pid_file: s.and_then(|s| s.pid_file.clone()),
+        status_details: s.and_then(|s| s.status_details).unwrap_or(false),
         trusted_proxies,
         log_level: s.and_then(|s| s.log_level.clone()),
         log_json,
@@ -1669,6 +1666,8 @@ fn build_service(
         .as_ref()
         .map(|v| v.v.clone())
         .unwrap_or_else(|| host.clone());
+    // Every certificate of every bundle: services trusting [A, B] and [A] must not share
+    // connections verified by only one of them.
     let group_key = hash_of(&(
         verify,
         verify_depth,
