@@ -950,13 +950,16 @@ fn a_reload_removes_the_metric_series_of_deleted_routes() {
     within("the series of the first route", VISIBLE, || {
         has("old-route")
     });
+    let hash = gw.status()["config_hash"].clone();
     gw.conf()
         .write("gateway.yaml", app_yaml(&echo.url(), "new-route", ""));
-    within("the renamed route", VISIBLE, || {
-        probe(&gw, "/").0 == 200 && has("new-route")
+    // No request while the reload happens: one still running on the old configuration would
+    // count (and so export) the old route again when it ends.
+    within("the reload", VISIBLE, || gw.status()["config_hash"] != hash);
+    within("the series of the deleted route removed", VISIBLE, || {
+        !has("old-route")
     });
-    assert!(
-        !has("old-route"),
-        "series of a deleted route still exported"
-    );
+    assert_eq!(probe(&gw, "/").0, 200);
+    within("the renamed route's series", VISIBLE, || has("new-route"));
+    assert!(!has("old-route"), "series of a deleted route came back");
 }
