@@ -629,3 +629,85 @@ fn run_fails_fast_when_a_listener_address_is_taken() {
     }
     drop(taken);
 }
+
+#[test]
+fn an_empty_tls_server_name_is_refused_where_it_is_written() {
+    // OpenSSL reads an empty expected host name as "check no name".
+    let out = check_yaml(
+        "services:\n- name: a\n  url: https://127.0.0.1:9\n  tls_server_name: \"\"\n  routes:\n  - name: r\n    paths: [/]\n",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:4:20: services[0].tls_server_name",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn out_of_range_numbers_are_located_errors_not_panics() {
+    // The YAML parser itself refuses non-finite numbers, at their place.
+    for value in [".inf", "-.inf", ".nan"] {
+        let out = check_yaml(&format!(
+            "services:\n- name: a\n  url: http://127.0.0.1:9\n  connect_timeout: {value}\n  routes:\n  - name: r\n    paths: [/]\n"
+        ));
+        assert_error(&out, "conf/gateway.yaml:4:20:", "non-finite");
+    }
+    let cases = [
+        ("read_timeout", "1e30", "out of range"),
+        ("connect_timeout", "-5", "negative"),
+        ("connect_timeout", "-0.5", "negative"),
+        ("read_timeout", "9223372036854775807", "out of range"),
+        ("read_timeout", "\"100000000d\"", "out of range"),
+    ];
+    for (field, value, keyword) in cases {
+        let out = check_yaml(&format!(
+            "services:\n- name: a\n  url: http://127.0.0.1:9\n  {field}: {value}\n  routes:\n  - name: r\n    paths: [/]\n"
+        ));
+        let col = 2 + field.len() + 3;
+        assert_error(
+            &out,
+            &format!("conf/gateway.yaml:4:{col}: services[0].{field}"),
+            keyword,
+        );
+    }
+    // Health-check intervals are seconds: the same bound applies after the unit.
+    let out = check_yaml(
+        "upstreams:\n- name: up\n  healthchecks:\n    active:\n      healthy:\n        interval: 1e300\n  targets:\n  - target: 127.0.0.1:9\nservices:\n- name: a\n  host: up\n  routes:\n  - name: r\n    paths: [/]\n",
+    );
+    assert_error(
+        &out,
+        "conf/gateway.yaml:6:19: upstreams[0].healthchecks.active.healthy.interval",
+        "out of range",
+    );
+}
+
+#[test]
+fn a_private_key_file_others_can_read_is_warned_about_where_it_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let yaml = "certificates:\n- name: site\n  cert_file: certs/site.crt\n  key_file: certs/site.key\n  snis: [site.test]\n";
+    let conf = ConfDir::new()
+        .with("certs/site.crt", &pki.server.chain_pem)
+        .with("certs/site.key", &pki.server.key_pem)
+        .with("gateway.yaml", yaml);
+    let key = conf.dir().join("certs/site.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check(&conf);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let warned = out.lines_starting("conf/gateway.yaml:4:13: certificates[0].key_file");
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("readable by group or others")),
+        "no located warning for a 0644 key:\n{}",
+        out.all()
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = check(&conf);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        !out.all().contains("readable by group or others"),
+        "0600 key warned about:\n{}",
+        out.all()
+    );
+}

@@ -843,3 +843,123 @@ fn rss_stays_bounded_across_fifty_reloads_of_a_large_config() {
         "threads grew from {threads_before} to {threads_after}: replaced balancers' probe threads must stop"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A reload that used to panic, and what /status and /metrics say about reloads.
+
+fn app_yaml(url: &str, route: &str, extra: &str) -> String {
+    format!(
+        "services:\n- name: app\n  url: {url}\n{extra}  routes:\n  - name: {route}\n    paths: [/]\n"
+    )
+}
+
+#[test]
+fn an_out_of_range_number_in_a_reload_keeps_the_old_config_and_the_watcher_alive() {
+    let before = HttpEcho::start("before");
+    let after = HttpEcho::start("after");
+    let gw = quiet(Gateway::builder())
+        .file("gateway.yaml", app_yaml(&before.url(), "all", ""))
+        .start();
+    let s = gw.status();
+    assert_eq!(s["last_reload_error"], serde_json::Value::Null, "{s}");
+    assert_eq!(
+        s["conf_dir"],
+        serde_json::Value::Null,
+        "conf_dir shown by default: {s}"
+    );
+    let errors = reloads(&gw, "error");
+    // `Duration::from_secs_f64` panicked on these and took the reload thread down with it.
+    for bad in [".inf", "1e30", "-5", ".nan"] {
+        let n = reloads(&gw, "error");
+        gw.conf().write(
+            "gateway.yaml",
+            app_yaml(&after.url(), "all", &format!("  connect_timeout: {bad}\n")),
+        );
+        within("the refused reload", VISIBLE, || reloads(&gw, "error") > n);
+        assert_eq!(
+            probe(&gw, "/"),
+            (200, "before".into()),
+            "old config kept ({bad})"
+        );
+    }
+    assert!(reloads(&gw, "error") >= errors + 4.0);
+    let log = gw.log();
+    assert!(
+        log.contains("gateway.yaml:4:20: services[0].connect_timeout"),
+        "no located error in the log:\n{log}"
+    );
+    let s = gw.status();
+    let last = &s["last_reload_error"];
+    assert!(last["at"].is_string(), "{s}");
+    assert!(last["message"].is_string(), "{s}");
+    // Without `status_details` the unauthenticated listener does not repeat file names.
+    assert!(!s.to_string().contains("gateway.yaml"), "{s}");
+
+    gw.conf()
+        .write("gateway.yaml", app_yaml(&after.url(), "all", ""));
+    within("the good reload after the refused ones", VISIBLE, || {
+        probe(&gw, "/") == (200, "after".into())
+    });
+    within("the error cleared from /status", VISIBLE, || {
+        gw.status()["last_reload_error"].is_null()
+    });
+}
+
+#[test]
+fn status_details_show_the_conf_dir_and_the_reload_error_text() {
+    let echo = HttpEcho::start("details");
+    let b = quiet(Gateway::builder());
+    let settings = b.ports().settings_yaml(false) + "  status_details: true\n";
+    let gw = b
+        .file(common::gateway::SETTINGS_FILE, settings)
+        .file("gateway.yaml", app_yaml(&echo.url(), "all", ""))
+        .no_settings()
+        .start();
+    let s = gw.status();
+    assert!(s["conf_dir"].is_string(), "{s}");
+    let n = reloads(&gw, "error");
+    gw.conf().write(
+        "gateway.yaml",
+        app_yaml(&echo.url(), "all", "  read_timeout: -1\n"),
+    );
+    within("the refused reload", VISIBLE, || reloads(&gw, "error") > n);
+    let s = gw.status();
+    let message = s["last_reload_error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("gateway.yaml:4:17: services[0].read_timeout"),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_reload_removes_the_metric_series_of_deleted_routes() {
+    let echo = HttpEcho::start("series");
+    let gw = quiet(Gateway::builder())
+        .file("gateway.yaml", app_yaml(&echo.url(), "old-route", ""))
+        .start();
+    assert_eq!(probe(&gw, "/").0, 200);
+    let has = |route: &str| {
+        let text = gw.metrics();
+        prom::samples(&text, "portcullis_http_requests_total")
+            .iter()
+            .chain(prom::samples(&text, "portcullis_http_request_duration_seconds_count").iter())
+            .any(|s| s.labels.get("route").map(String::as_str) == Some(route))
+    };
+    within("the series of the first route", VISIBLE, || {
+        has("old-route")
+    });
+    let hash = gw.status()["config_hash"].clone();
+    gw.conf()
+        .write("gateway.yaml", app_yaml(&echo.url(), "new-route", ""));
+    // No request while the reload happens: one still running on the old configuration would
+    // count (and so export) the old route again when it ends.
+    within("the reload", VISIBLE, || gw.status()["config_hash"] != hash);
+    within("the series of the deleted route removed", VISIBLE, || {
+        !has("old-route")
+    });
+    assert_eq!(probe(&gw, "/").0, 200);
+    within("the renamed route's series", VISIBLE, || has("new-route"));
+    assert!(!has("old-route"), "series of a deleted route came back");
+}

@@ -348,3 +348,44 @@ fn sigterm_drains_in_flight_requests_within_the_configured_time() {
     // Nothing listens any more.
     assert!(http_get(ports.http, "/app").is_err());
 }
+
+#[test]
+fn default_pid_file_lives_in_a_private_runtime_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let run = tempfile::tempdir().unwrap();
+    let echo = HttpEcho::start("rundir");
+    let gw = Gateway::builder()
+        .env("XDG_RUNTIME_DIR", &run.path().display().to_string())
+        .file(
+            "gateway.yaml",
+            format!(
+                "services:\n- name: app\n  url: {}\n  routes:\n  - name: app\n    paths: [/]\n",
+                echo.url()
+            ),
+        )
+        .start();
+    let dir = run.path().join("portcullis");
+    let pid = dir.join("portcullis.pid");
+    wait_until("the pid file", Duration::from_secs(5), || pid.exists());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "runtime directory mode");
+    assert_eq!(mode(&pid), 0o600, "pid file mode");
+    let written = std::fs::read_to_string(&pid).unwrap();
+    assert_eq!(written.trim(), gw.pid().unwrap().to_string());
+}
+
+#[test]
+fn a_runtime_directory_open_to_others_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let run = tempfile::tempdir().unwrap();
+    let dir = run.path().join("portcullis");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = Gateway::builder()
+        .env("XDG_RUNTIME_DIR", &run.path().display().to_string())
+        .file("gateway.yaml", "services: []\n")
+        .try_start()
+        .err()
+        .expect("started with a world-writable runtime directory");
+    assert!(err.log.contains("accessible to other users"), "{}", err.log);
+}

@@ -418,3 +418,69 @@ fn verify_off_logs_a_warning_at_start() {
         "no start-up warning naming the service with tls_verify: false:\n{log}"
     );
 }
+
+#[test]
+fn pool_isolation_covers_every_certificate_of_a_ca_bundle() {
+    let pki = Pki::new();
+    // Signed by `other_root`: trusted by the bundle [root, other-root], not by [root] alone. The
+    // bundles share their first certificate.
+    let echo = HttpsEcho::start(
+        "bundle",
+        &pki.server_other_ca.chain_path,
+        &pki.server_other_ca.key_path,
+    );
+    let bundle = format!("{}{}", pki.root.cert_pem, pki.other_root.cert_pem);
+    let with_bundle = |b: GatewayBuilder| {
+        with_pki_files(b, &pki)
+            .file("certs/bundle.crt", &bundle)
+            .file(
+                "bundle.yaml",
+                "ca_certificates:\n- name: root-and-other\n  cert_file: certs/bundle.crt\n",
+            )
+    };
+    let both = ("both", "ca_certificates: [root-and-other]");
+    let first_only = ("first-only", "ca_certificates: [root]");
+    for (first, second) in [(both, first_only), (first_only, both)] {
+        let b = with_bundle(Gateway::builder());
+        let yaml = services(&[
+            (first.0, echo.url(), first.1),
+            (second.0, echo.url(), second.1),
+        ]);
+        let gw = b.file("gateway.yaml", yaml).start();
+        for name in [first.0, second.0, first.0, second.0] {
+            let r = get(&gw, &format!("/{name}"));
+            if name == "both" {
+                assert_eq!(r.status, 200, "{name}: {r:#?}");
+            } else {
+                assert_error_body(&r, 502, BAD_GATEWAY);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_upstream_presenting_a_client_only_certificate_is_refused() {
+    let pki = Pki::new();
+    let client_only = pki.issue(
+        LeafSpec::new("upstream-client-only", "localhost")
+            .sans(&["DNS:localhost", "IP:127.0.0.1"])
+            .usage(Usage::Client),
+        &pki.intermediate,
+    );
+    let echo = HttpsEcho::start(
+        "client-only",
+        &client_only.chain_path,
+        &client_only.key_path,
+    );
+    let b = with_pki_files(Gateway::builder(), &pki);
+    let gw = b
+        .file(
+            "gateway.yaml",
+            services(&[("client-only", echo.url(), "ca_certificates: [root]")]),
+        )
+        .start();
+    let r = get(&gw, "/client-only");
+    assert_error_body(&r, 502, BAD_GATEWAY);
+    assert_eq!(echo.requests(), 0, "a request reached the upstream");
+    assert_tls_failure_counted(&gw, "client-only", "unsuitable certificate purpose");
+}

@@ -41,8 +41,12 @@ pub struct ServerSettings {
     pub graceful_shutdown_seconds: u64,
     /// Seconds Pingora's runtimes get to stop after the drain (`runtime_shutdown_seconds`).
     pub runtime_shutdown_seconds: u64,
-    pub upgrade_sock: String,
-    pub pid_file: String,
+    /// `None`: in the private runtime directory (`server::rundir`).
+    pub upgrade_sock: Option<String>,
+    pub pid_file: Option<String>,
+    /// `/status` shows the conf dir and reload error texts (off: they are for the log only,
+    /// since the status listener has no authentication).
+    pub status_details: bool,
     /// Peers whose `X-Forwarded-*` headers are trusted (appended to instead of replaced).
     pub trusted_proxies: Vec<IpNet>,
     pub log_level: Option<String>,

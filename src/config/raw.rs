@@ -6,6 +6,10 @@ use super::yaml::{Kind, Loc, Node};
 use super::{Diag, Diags};
 use std::time::Duration;
 
+/// Kong's bound on timeouts (2^31 - 2 ms, about 24.8 days); it also keeps every `Instant +
+/// duration` made from configuration far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_millis((1 << 31) - 2);
+
 /// A value with the place it was written, for errors found after parsing.
 #[derive(Debug, Clone)]
 pub struct V<T> {
@@ -133,23 +137,29 @@ impl<'a> Obj<'a> {
         as_int(n, &p, min, max, d)
     }
 
-    /// A duration: a string with a unit (`10s`, `500ms`) or a number in `unit_ms` milliseconds.
+    /// A duration: a string with a unit (`10s`, `500ms`) or a number in `unit_ms` milliseconds,
+    /// between zero and [`MAX_DURATION`].
     pub fn duration(&mut self, key: &'a str, unit_ms: u64, d: &mut Diags) -> Option<Duration> {
         let (n, p) = self.field(key)?;
-        match &n.kind {
-            Kind::Int(i) if *i >= 0 => Some(Duration::from_millis(*i as u64 * unit_ms)),
-            Kind::Float(f) if *f >= 0.0 => {
-                Some(Duration::from_secs_f64(*f * unit_ms as f64 / 1000.0))
+        let value = match &n.kind {
+            Kind::Int(i) => u64::try_from(*i)
+                .ok()
+                .and_then(|i| i.checked_mul(unit_ms))
+                .map(Duration::from_millis)
+                .ok_or(*i < 0),
+            // NaN, infinities and huge values would panic in `Duration::from_secs_f64`.
+            Kind::Float(f) => {
+                Duration::try_from_secs_f64(*f * unit_ms as f64 / 1000.0).map_err(|_| *f < 0.0)
             }
             Kind::Str(s) => match humantime::parse_duration(s) {
-                Ok(v) => Some(v),
+                Ok(v) => Ok(v),
                 Err(e) => {
                     d.err(
                         &n.loc,
                         &p,
                         format!("invalid duration {s:?}: {e} (write e.g. 10s or 500ms)"),
                     );
-                    None
+                    return None;
                 }
             },
             _ => {
@@ -157,6 +167,24 @@ impl<'a> Obj<'a> {
                     &n.loc,
                     &p,
                     format!("expected a duration, found {}", n.type_name()),
+                );
+                return None;
+            }
+        };
+        match value {
+            Ok(v) if v <= MAX_DURATION => Some(v),
+            Err(true) => {
+                d.err(&n.loc, &p, "a duration must not be negative");
+                None
+            }
+            _ => {
+                d.err(
+                    &n.loc,
+                    &p,
+                    format!(
+                        "duration out of range (at most {} ms, as in Kong)",
+                        MAX_DURATION.as_millis()
+                    ),
                 );
                 None
             }
@@ -491,6 +519,7 @@ pub struct RawServer {
     pub runtime_shutdown_seconds: Option<i64>,
     pub upgrade_sock: Option<String>,
     pub pid_file: Option<String>,
+    pub status_details: Option<bool>,
     pub trusted_proxies: Vec<V<String>>,
     pub log_level: Option<String>,
     pub log_format: Option<V<String>>,
@@ -921,6 +950,7 @@ fn read_server(n: &Node, p: &str, d: &mut Diags) -> Option<RawServer> {
         runtime_shutdown_seconds: o.int("runtime_shutdown_seconds", 0, 3_600, d).map(|v| v.v),
         upgrade_sock: o.str("upgrade_sock", d).map(|v| v.v),
         pid_file: o.str("pid_file", d).map(|v| v.v),
+        status_details: o.bool("status_details", d),
         trusted_proxies: o.str_list("trusted_proxies", d),
         log_level: o.str("log_level", d).map(|v| v.v),
         log_format: o.str("log_format", d),

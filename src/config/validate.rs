@@ -205,6 +205,24 @@ fn warn_expiring(
     }
 }
 
+/// A private key others may read is a key others may have copied: worth a warning at every load.
+fn warn_if_readable_by_others(p: &Path, f: &V<String>, d: &mut Diags) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(p) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            d.warn(
+                &f.loc,
+                &f.path,
+                format!(
+                    "private key file {} is readable by group or others (mode {mode:03o}); chmod 600 it",
+                    p.display()
+                ),
+            );
+        }
+    }
+}
+
 /// Reads PEM given inline or by file; a file path is relative to the conf dir.
 #[allow(clippy::too_many_arguments)]
 fn pem_source(
@@ -215,6 +233,7 @@ fn pem_source(
     loc: &Loc,
     path: &str,
     files: &mut Vec<PathBuf>,
+    log: &api::FileLog,
     d: &mut Diags,
 ) -> Option<(String, Loc, String)> {
     match (inline, file) {
@@ -230,8 +249,17 @@ fn pem_source(
         (None, Some(f)) => {
             let p = dir.join(&f.v);
             files.push(p.clone());
-            match std::fs::read_to_string(&p) {
-                Ok(t) => Some((t, f.loc.clone(), f.path.clone())),
+            if field == "key" {
+                warn_if_readable_by_others(&p, f, d);
+            }
+            match log.read(&p) {
+                Ok(bytes) => match std::str::from_utf8(&bytes) {
+                    Ok(t) => Some((t.to_string(), f.loc.clone(), f.path.clone())),
+                    Err(_) => {
+                        d.err(&f.loc, &f.path, format!("{} is not UTF-8 PEM", p.display()));
+                        None
+                    }
+                },
                 Err(e) => {
                     d.err(&f.loc, &f.path, format!("cannot read {}: {e}", p.display()));
                     None
@@ -319,6 +347,8 @@ pub fn validate(
 ) -> Option<Config> {
     let mut files: Vec<PathBuf> = sources.iter().map(|(p, _)| p.clone()).collect();
     let now = unix_now();
+    // Every referenced file is read once, through here, and hashed from these same bytes.
+    let file_log = api::FileLog::default();
 
     // ---- CA certificates
     let mut ca_index = Index::new("ca_certificate");
@@ -332,6 +362,7 @@ pub fn validate(
             &raw.loc,
             &raw.path,
             &mut files,
+            &file_log,
             d,
         ) else {
             continue;
@@ -414,6 +445,7 @@ pub fn validate(
             &raw.loc,
             &raw.path,
             &mut files,
+            &file_log,
             d,
         );
         let key_pem = pem_source(
@@ -424,6 +456,7 @@ pub fn validate(
             &raw.loc,
             &raw.path,
             &mut files,
+            &file_log,
             d,
         );
         let chain =
@@ -792,6 +825,7 @@ pub fn validate(
         instance_id: String::new(),
         route_id: None,
         service_id: None,
+        files: file_log.clone(),
     };
     let mut build_ctx = build_ctx;
     let registry = crate::plugin::registry();
@@ -881,7 +915,12 @@ pub fn validate(
         hasher.update(text.as_bytes());
     }
     for f in &files {
-        if let Ok(bytes) = std::fs::read(f) {
+        // A file named by a config but read by nobody is hashed from disk: it only tells
+        // whether something changed.
+        let bytes = file_log
+            .get(f)
+            .or_else(|| std::fs::read(f).ok().map(Arc::from));
+        if let Some(bytes) = bytes {
             hasher.update(&bytes);
         }
     }
@@ -1239,12 +1278,9 @@ fn build_server(doc: &RawDoc, d: &mut Diags) -> ServerSettings {
             .and_then(|s| s.graceful_shutdown_seconds)
             .map(|t| t as u64)
             .unwrap_or(10),
-        upgrade_sock: s
-            .and_then(|s| s.upgrade_sock.clone())
-            .unwrap_or_else(|| "/tmp/portcullis_upgrade.sock".into()),
-        pid_file: s
-            .and_then(|s| s.pid_file.clone())
-            .unwrap_or_else(|| "/tmp/portcullis.pid".into()),
+        upgrade_sock: s.and_then(|s| s.upgrade_sock.clone()),
+        pid_file: s.and_then(|s| s.pid_file.clone()),
+        status_details: s.and_then(|s| s.status_details).unwrap_or(false),
         trusted_proxies,
         log_level: s.and_then(|s| s.log_level.clone()),
         log_json,
@@ -1616,17 +1652,28 @@ fn build_service(
         .cloned();
     let verify = s.tls_verify.unwrap_or(true);
     let verify_depth = s.tls_verify_depth.as_ref().map(|v| v.v as u8);
+    if let Some(v) = s.tls_server_name.as_ref().filter(|v| v.v.trim().is_empty()) {
+        // OpenSSL takes an empty host name as "no host to check": the certificate of any name
+        // would pass. Only `tls_verify: false` may turn name checks off.
+        d.err(
+            &v.loc,
+            &v.path,
+            "tls_server_name must not be empty (omit it to verify the service host; only tls_verify: false disables verification)",
+        );
+    }
     let server_name = s
         .tls_server_name
         .as_ref()
         .map(|v| v.v.clone())
         .unwrap_or_else(|| host.clone());
+    // Every certificate of every bundle: services trusting [A, B] and [A] must not share
+    // connections verified by only one of them.
     let group_key = hash_of(&(
         verify,
         verify_depth,
         ca_certificates
             .iter()
-            .map(|c| c.fingerprint.clone())
+            .flat_map(|c| c.certs.iter().map(fingerprint))
             .collect::<Vec<_>>(),
         client_certificate.as_ref().map(|c| c.fingerprint.clone()),
         server_name.clone(),

@@ -243,3 +243,85 @@ pub fn set_loaded_certificates(certs: Vec<(&'static str, i64)>) {
         *loaded = certs;
     }
 }
+
+/// Drops the series of routes and services a reload removed, so `/metrics` neither grows with
+/// every renamed route nor keeps reporting entities that no longer exist. Series of entities
+/// still configured stay (their counters must not restart).
+pub fn forget_removed(old: &crate::config::Config, new: &crate::config::Config) {
+    use std::collections::HashSet;
+    let pairs = |c: &crate::config::Config| -> HashSet<(String, String)> {
+        c.routes
+            .iter()
+            .map(|r| (r.service.name.to_string(), r.name.to_string()))
+            .collect()
+    };
+    let (old_pairs, new_pairs) = (pairs(old), pairs(new));
+    let gone_pair = |l: &Labels| {
+        let pair = (label(l, "service"), label(l, "route"));
+        old_pairs.contains(&pair) && !new_pairs.contains(&pair)
+    };
+    prune(&HTTP_REQUESTS, &gone_pair);
+    prune(&HTTP_REQUESTS_BY_CONSUMER, &gone_pair);
+    prune(&HTTP_DURATION, &gone_pair);
+    prune(&UPSTREAM_DURATION, &gone_pair);
+    prune(&BANDWIDTH, &gone_pair);
+
+    let services = |c: &crate::config::Config| -> HashSet<String> {
+        c.services.iter().map(|s| s.name.to_string()).collect()
+    };
+    let (old_services, new_services) = (services(old), services(new));
+    prune(&UPSTREAM_TLS_FAILURES, &|l: &Labels| {
+        let s = label(l, "service");
+        old_services.contains(&s) && !new_services.contains(&s)
+    });
+
+    let routes = |c: &crate::config::Config| -> HashSet<String> {
+        c.routes
+            .iter()
+            .map(|r| r.name.to_string())
+            .chain(c.stream_routes.iter().map(|r| r.name.to_string()))
+            .collect()
+    };
+    let (old_routes, new_routes) = (routes(old), routes(new));
+    let gone_route = |l: &Labels| {
+        let r = label(l, "route");
+        old_routes.contains(&r) && !new_routes.contains(&r)
+    };
+    prune(&AUTH_FAILURES, &gone_route);
+    prune(&STREAM_CONNECTIONS, &gone_route);
+    prune(&STREAM_BYTES, &gone_route);
+    prune(&STREAM_ACTIVE, &gone_route);
+}
+
+type Labels = Vec<(String, String)>;
+
+fn label(labels: &Labels, name: &str) -> String {
+    labels
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// Removes every series of `vec` whose labels `stale` selects.
+fn prune<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    stale: &dyn Fn(&Labels) -> bool,
+) {
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: Labels = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect();
+            if stale(&labels) {
+                let by_name: std::collections::HashMap<&str, &str> = labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let _ = vec.remove(&by_name);
+            }
+        }
+    }
+}

@@ -33,6 +33,8 @@ use std::time::Instant;
 /// Pingora error types of our own, mapped to Kong's responses in `respond`.
 pub const NO_HEALTHY_TARGET: ErrorType = ErrorType::Custom("NoHealthyTarget");
 pub const UPSTREAM_TLS_REJECTED: ErrorType = ErrorType::Custom("UpstreamTlsRejected");
+/// The reason logged and counted when a verifying service gets a connection without a verdict.
+const NO_VERDICT: &str = "no verification result for this connection";
 
 /// Largest single header line and all headers together that a request may carry.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -641,7 +643,7 @@ impl ProxyHttp for GatewayProxy {
         &self,
         _session: &mut Session,
         _reused: bool,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         digest: Option<&Digest>,
@@ -662,12 +664,18 @@ impl ProxyHttp for GatewayProxy {
         let verdict = digest
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|s| s.extension.get::<UpstreamVerdict>());
-        if let Some(v) = verdict {
-            if let Some(reason) = &v.failure {
-                ctx.tls_failure = Some(reason.clone());
-                // Refused before a single request byte is written.
-                return Err(Error::explain(UPSTREAM_TLS_REJECTED, reason.clone()));
-            }
+        // A verifying peer carries the hook; its connections (new or reused) must carry the
+        // hook's verdict. None means the chain was never checked for this trust: fail closed.
+        let verifies = peer.options.upstream_tls_handshake_complete_hook.is_some();
+        let failure = match verdict {
+            Some(v) => v.failure.clone(),
+            None if verifies => Some(NO_VERDICT.to_string()),
+            None => None,
+        };
+        if let Some(reason) = failure {
+            ctx.tls_failure = Some(reason.clone());
+            // Refused before a single request byte is written.
+            return Err(Error::explain(UPSTREAM_TLS_REJECTED, reason));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! reload watcher. Pingora's own server settings are derived from the `server:` section.
 
 pub mod reload;
+pub mod rundir;
 pub mod status;
 
 use crate::config::model::Config;
@@ -29,6 +30,15 @@ pub struct Gateway {
     pub stream_table: Arc<ArcSwap<StreamTable>>,
     pub fallback_cert: Arc<crate::config::model::Certificate>,
     pub started: std::time::SystemTime,
+    /// Why the last reload attempt was refused; `None` once one succeeds.
+    pub last_reload_error: std::sync::Mutex<Option<ReloadFailure>>,
+}
+
+/// A refused reload, as `/status` reports it.
+#[derive(Debug, Clone)]
+pub struct ReloadFailure {
+    pub at: std::time::SystemTime,
+    pub message: String,
 }
 
 /// The passthrough table of a configuration. Routes of disabled services are left out: they
@@ -106,6 +116,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
         stream_table: stream_table.clone(),
         fallback_cert: fallback,
         started: std::time::SystemTime::now(),
+        last_reload_error: std::sync::Mutex::new(None),
     });
 
     if !upgrade {
@@ -137,8 +148,22 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     // too long for a rollout); the runtime timeout only covers blocking work after it.
     conf.grace_period_seconds = Some(s.graceful_shutdown_seconds);
     conf.graceful_shutdown_timeout_seconds = Some(s.runtime_shutdown_seconds);
-    conf.upgrade_sock = s.upgrade_sock.clone();
-    conf.pid_file = s.pid_file.clone();
+    let (upgrade_sock, pid_file) = match (&s.upgrade_sock, &s.pid_file) {
+        (Some(sock), Some(pid)) => (sock.clone(), pid.clone()),
+        (sock, pid) => {
+            let dir = rundir::default_dir()?;
+            rundir::ensure_private_dir(&dir).map_err(|e| {
+                anyhow::anyhow!("runtime directory for the upgrade socket and pid file: {e} (or set server.upgrade_sock and server.pid_file)")
+            })?;
+            let at = |name: &str| dir.join(name).display().to_string();
+            (
+                sock.clone().unwrap_or_else(|| at("upgrade.sock")),
+                pid.clone().unwrap_or_else(|| at("portcullis.pid")),
+            )
+        }
+    };
+    conf.upgrade_sock = upgrade_sock;
+    conf.pid_file = pid_file.clone();
     let opt = Opt {
         upgrade,
         daemon: false,
@@ -225,8 +250,8 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     reload::start(gw);
     // Pingora writes its pid file only when daemonised; operators (and `kill -QUIT $(cat ...)`
     // for upgrades) expect it either way.
-    if let Err(e) = std::fs::write(&s.pid_file, format!("{}\n", std::process::id())) {
-        tracing::warn!(pid_file = %s.pid_file, error = %e, "cannot write the pid file");
+    if let Err(e) = rundir::write_pid_file(std::path::Path::new(&pid_file)) {
+        tracing::warn!(pid_file = %pid_file, error = %e, "cannot write the pid file");
     }
     tracing::info!(
         proxy = ?config.listeners.proxy.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),

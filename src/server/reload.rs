@@ -193,8 +193,47 @@ fn watch(gw: Arc<Gateway>) {
     }
 }
 
-/// Validate and swap; on any error keep the running configuration.
+/// Validate and swap; on any error keep the running configuration. A panic while loading or
+/// compiling (a bug, but one reachable from a file an operator wrote) counts as a rejected
+/// configuration: this thread is the only watcher, so letting it die would stop every later
+/// reload without a trace.
 pub fn reload(gw: &Gateway) -> bool {
+    let outcome = guarded(|| try_reload(gw));
+    let failure = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(message)) => Some(message),
+        Err(panic) => {
+            CONFIG_RELOADS.with_label_values(&["error"]).inc();
+            tracing::error!(panic = %panic, "configuration reload failed with an internal error; keeping the running one");
+            Some(format!(
+                "internal error while loading the configuration: {panic}"
+            ))
+        }
+    };
+    let ok = failure.is_none();
+    let mut last = gw
+        .last_reload_error
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *last = failure.map(|message| super::ReloadFailure {
+        at: std::time::SystemTime::now(),
+        message,
+    });
+    ok
+}
+
+/// Runs `f`, turning a panic into its message.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into())
+    })
+}
+
+/// One reload attempt; `Err` carries what `/status` reports.
+fn try_reload(gw: &Gateway) -> Result<(), String> {
     let started = Instant::now();
     let old = gw.shared.load_full();
     match config::load(&gw.conf_dir) {
@@ -202,7 +241,7 @@ pub fn reload(gw: &Gateway) -> bool {
             if cfg.hash == old.config.hash {
                 CONFIG_RELOADS.with_label_values(&["success"]).inc();
                 tracing::debug!("configuration unchanged");
-                return true;
+                return Ok(());
             }
             for w in &warnings {
                 tracing::warn!(warning = %w, "configuration warning");
@@ -225,18 +264,19 @@ pub fn reload(gw: &Gateway) -> bool {
                             .map(|p| p.plugin.clone())
                             .collect(),
                     );
+                    crate::metrics::forget_removed(&old.config, &cfg);
                     CONFIG_RELOADS.with_label_values(&["success"]).inc();
                     tracing::info!(
                         config_hash = %cfg.hash,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "configuration reloaded"
                     );
-                    true
+                    Ok(())
                 }
                 Err(e) => {
                     CONFIG_RELOADS.with_label_values(&["error"]).inc();
                     tracing::error!(error = %e, "configuration rejected; keeping the running one");
-                    false
+                    Err(e.to_string())
                 }
             }
         }
@@ -249,7 +289,7 @@ pub fn reload(gw: &Gateway) -> bool {
                 errors = e.diags.errors.len(),
                 "configuration rejected; keeping the running one"
             );
-            false
+            Err(e.to_string().trim_end().to_string())
         }
     }
 }
@@ -268,4 +308,18 @@ fn listener_addresses(c: &config::Config) -> (Vec<(String, bool)>, Vec<String>, 
             .collect(),
         c.listeners.status.clone(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guarded;
+
+    #[test]
+    fn a_panic_becomes_an_error_with_its_message() {
+        assert_eq!(guarded(|| 7), Ok(7));
+        let e = guarded(|| -> u8 { panic!("boom {}", 1) }).unwrap_err();
+        assert_eq!(e, "boom 1");
+        let e = guarded(|| -> u8 { panic!("static") }).unwrap_err();
+        assert_eq!(e, "static");
+    }
 }

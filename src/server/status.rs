@@ -59,13 +59,18 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 pub fn status_json(gw: &Gateway) -> serde_json::Value {
     let rt = gw.shared.load();
     let c = &rt.config;
-    serde_json::json!({
+    let details = c.server.status_details;
+    let last_error = gw
+        .last_reload_error
+        .lock()
+        .map(|e| e.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+    let mut v = serde_json::json!({
         "status": "ready",
         "version": env!("CARGO_PKG_VERSION"),
         "config_hash": c.hash,
         "loaded_at": rfc3339(rt.loaded_at),
         "started_at": rfc3339(gw.started),
-        "conf_dir": gw.conf_dir.display().to_string(),
         "counts": {
             "services": c.services.len(),
             "routes": c.routes.len() + c.stream_routes.len(),
@@ -82,7 +87,23 @@ pub fn status_json(gw: &Gateway) -> serde_json::Value {
             "stream": c.listeners.stream.iter().map(|l| l.address.clone()).collect::<Vec<_>>(),
             "status": c.listeners.status,
         },
-    })
+        // Whether the files on disk are what runs: `null` after a successful reload.
+        "last_reload_error": last_error.map(|e| serde_json::json!({
+            "at": rfc3339(e.at),
+            // Error texts name files, entities and paths: for the log, unless asked for here.
+            "message": if details {
+                e.message
+            } else {
+                "configuration rejected; the reason is in the gateway log".to_string()
+            },
+        })),
+    });
+    // The status listener has no authentication: where the configuration lives is shown only
+    // when `server.status_details` asks for it.
+    if details {
+        v["conf_dir"] = gw.conf_dir.display().to_string().into();
+    }
+    v
 }
 
 fn response(status: u16, content_type: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {

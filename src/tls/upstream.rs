@@ -13,7 +13,7 @@ use crate::config::model::{Certificate, UpstreamTls};
 use openssl::stack::Stack;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::verify::X509VerifyParam;
-use openssl::x509::{X509StoreContext, X509VerifyResult, X509};
+use openssl::x509::{X509PurposeId, X509StoreContext, X509VerifyResult, X509};
 use pingora::protocols::tls::TlsRef;
 use pingora::tls::ssl::SslRef;
 use pingora::utils::tls::CertKey;
@@ -106,6 +106,9 @@ pub fn build_profile(tls: &UpstreamTls) -> Result<TlsProfile, openssl::error::Er
     if let Some(depth) = tls.verify_depth {
         param.set_depth(i32::from(depth));
     }
+    // A server certificate must be meant for servers: with an extended key usage, it needs
+    // serverAuth (a client-only certificate of the same CA would otherwise impersonate it).
+    param.set_purpose(X509PurposeId::SSL_SERVER)?;
     b.set_param(&param)?;
     Ok(TlsProfile {
         verify: true,

@@ -44,6 +44,12 @@ impl ConfDir {
             std::fs::create_dir_all(parent).expect("create conf subdir");
         }
         std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        // Private keys as an operator keeps them: the gateway warns about keys others can read.
+        if rel.ends_with(".key") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        }
         path
     }
 

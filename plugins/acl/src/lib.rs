@@ -168,7 +168,7 @@ impl Plugin for Acl {
             return Flow::Respond(PluginResponse::message(403, MSG_FORBIDDEN));
         }
         if !self.hide_groups_header && !groups.is_empty() {
-            ctx.set_upstream_header(header, &groups.join(", "));
+            ctx.set_upstream_header(header, &portcullis_plugin_api::header_list(&groups));
         }
         Flow::Continue
     }
@@ -294,6 +294,20 @@ mod tests {
         let mut ctx = RequestCtx::default();
         assert_status(&run(&*p, &mut ctx).await, 401, "Unauthorized");
         assert_eq!(ctx.auth_failure, Some(("acl", "no_consumer")));
+    }
+
+    #[tokio::test]
+    async fn a_group_name_with_a_comma_is_one_item_of_the_header() {
+        let p = acl(json!({"allow": ["admins, ops"]}));
+        let mut ctx = RequestCtx {
+            authenticated_groups: Some(vec!["admins, ops".into(), "dev".into()]),
+            ..Default::default()
+        };
+        assert!(matches!(run(&*p, &mut ctx).await, Flow::Continue));
+        assert_eq!(
+            header(&ctx, "x-authenticated-groups").as_deref(),
+            Some(r#""admins, ops", dev"#)
+        );
     }
 
     #[tokio::test]

@@ -26,8 +26,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub mod auth;
 pub mod background;
@@ -106,6 +106,34 @@ pub struct CaCertificate {
     pub pem: String,
 }
 
+/// The files read while one configuration is built, each read once: a second read of the same
+/// path in the same load gets the first bytes. The loader hashes these bytes, so the
+/// configuration hash describes exactly what was applied even when a file changes mid-load.
+#[derive(Debug, Default, Clone)]
+pub struct FileLog(Arc<Mutex<Vec<FileRead>>>);
+
+/// One file of a [`FileLog`] and the bytes read from it.
+type FileRead = (PathBuf, Arc<[u8]>);
+
+impl FileLog {
+    /// The bytes of `path`: from this load's earlier read, else from disk (and recorded).
+    pub fn read(&self, path: &Path) -> std::io::Result<Arc<[u8]>> {
+        if let Some(b) = self.get(path) {
+            return Ok(b);
+        }
+        let bytes: Arc<[u8]> = Arc::from(std::fs::read(path)?);
+        let mut log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        log.push((path.to_path_buf(), bytes.clone()));
+        Ok(bytes)
+    }
+
+    /// What this load read from `path`, if it did.
+    pub fn get(&self, path: &Path) -> Option<Arc<[u8]>> {
+        let log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().find(|(p, _)| p == path).map(|(_, b)| b.clone())
+    }
+}
+
 /// The consumers and CA certificates of the configuration a plugin instance is built for.
 #[derive(Debug, Default)]
 pub struct BuildContext {
@@ -124,9 +152,17 @@ pub struct BuildContext {
     /// `conf.service_id`); `None` when not scoped to one.
     pub route_id: Option<String>,
     pub service_id: Option<String>,
+    /// Files read for this configuration; read them with [`BuildContext::read_file`].
+    pub files: FileLog,
 }
 
 impl BuildContext {
+    /// A file the plugin's config names, relative to the conf directory. Through here, the
+    /// configuration hash covers the very bytes the plugin uses.
+    pub fn read_file(&self, rel: &str) -> std::io::Result<Arc<[u8]>> {
+        self.files.read(&self.conf_dir.join(rel))
+    }
+
     /// A consumer by id or username (Kong accepts either in references).
     pub fn consumer(&self, reference: &str) -> Option<Arc<Consumer>> {
         self.consumers
@@ -660,9 +696,68 @@ pub fn is_identity_header(name: &str) -> bool {
         || is("x-authenticated-groups")
 }
 
+/// A header value listing `items` (`a, b`). An item that would not read back as itself from a
+/// comma-separated list (it holds a comma or a quote, or starts or ends with space) is written
+/// as a quoted string (RFC 9110 §5.6.4), so a certificate name `admins, ops` stays one item
+/// instead of becoming the two groups `admins` and `ops` upstream.
+pub fn header_list<S: AsRef<str>>(items: &[S]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        let item = item.as_ref();
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let plain = !item.is_empty() && !item.contains([',', '"', '\\']) && item.trim() == item;
+        if plain {
+            out.push_str(item);
+        } else {
+            out.push('"');
+            for c in item.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_read_once_per_load_so_what_is_hashed_is_what_was_applied() {
+        let dir = std::env::temp_dir().join(format!("portcullis-filelog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctx = BuildContext {
+            conf_dir: dir.clone(),
+            ..Default::default()
+        };
+        std::fs::write(dir.join("a.crl"), "old").unwrap();
+        assert_eq!(&*ctx.read_file("a.crl").unwrap(), b"old");
+        // Swapped while the same load goes on: the load keeps (and hashes) what it applied.
+        std::fs::write(dir.join("a.crl"), "new").unwrap();
+        assert_eq!(&*ctx.read_file("a.crl").unwrap(), b"old");
+        assert_eq!(&*ctx.files.get(&dir.join("a.crl")).unwrap(), b"old");
+        // The next load sees the new bytes.
+        let next = BuildContext {
+            conf_dir: dir.clone(),
+            ..Default::default()
+        };
+        assert_eq!(&*next.read_file("a.crl").unwrap(), b"new");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn header_list_quotes_items_that_would_split() {
+        assert_eq!(header_list(&["a", "b"]), "a, b");
+        assert_eq!(header_list(&["admins, ops"]), r#""admins, ops""#);
+        assert_eq!(header_list(&[r#"say "hi"\"#]), r#""say \"hi\"\\""#);
+        assert_eq!(header_list(&[" pad", ""]), r#"" pad", """#);
+    }
 
     #[test]
     fn chain_digest_frames_each_certificate() {

@@ -36,6 +36,9 @@ pub enum RevocationMode {
 fn default_consumer_by() -> Option<Vec<ConsumerField>> {
     Some(vec![ConsumerField::CustomId, ConsumerField::Username])
 }
+/// Kong's bound on timeouts, 2^31 - 2 ms (about 24.8 days).
+const MAX_MS: f64 = 2_147_483_646.0;
+
 fn default_cache_ttl() -> f64 {
     60.0
 }
@@ -110,15 +113,22 @@ impl RawConfig {
                 "at least one CA certificate (id or name) is required",
             ));
         }
-        for (name, value, unit) in [
-            ("cache_ttl", self.cache_ttl, "seconds"),
-            ("cert_cache_ttl", self.cert_cache_ttl, "milliseconds"),
-            ("http_timeout", self.http_timeout, "milliseconds"),
+        for (name, value, unit, max) in [
+            ("cache_ttl", self.cache_ttl, "seconds", MAX_MS / 1000.0),
+            (
+                "cert_cache_ttl",
+                self.cert_cache_ttl,
+                "milliseconds",
+                MAX_MS,
+            ),
+            ("http_timeout", self.http_timeout, "milliseconds", MAX_MS),
         ] {
-            if !value.is_finite() || value < 0.0 {
+            // A value past the bound would become a zero duration (no cache, no time to fetch)
+            // or overflow the clock arithmetic done with it.
+            if !value.is_finite() || !(0.0..=max).contains(&value) {
                 errors.push(ConfigError::new(
                     name,
-                    format!("must be a non-negative number of {unit}"),
+                    format!("must be a number of {unit} between 0 and {max}"),
                 ));
             }
         }
@@ -191,6 +201,17 @@ mod tests {
         assert!(e.message.contains("cache_tll"), "{}", e.message);
         let e = parse_config::<RawConfig>(&json!({})).unwrap_err();
         assert!(e.message.contains("ca_certificates"), "{}", e.message);
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused() {
+        let c: RawConfig = parse_config(&json!({
+            "ca_certificates": ["ca"], "cache_ttl": 1e30, "cert_cache_ttl": 1e300,
+            "http_timeout": 3e9
+        }))
+        .unwrap();
+        let paths: Vec<_> = c.check().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, ["cache_ttl", "cert_cache_ttl", "http_timeout"]);
     }
 
     #[test]

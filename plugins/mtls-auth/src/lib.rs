@@ -137,7 +137,16 @@ impl ConsumerIndex {
                     ConsumerField::CustomId => &self.by_custom_id,
                     ConsumerField::Username => &self.by_username,
                 };
-                if let Some(c) = map.get(*name) {
+                let Some(c) = map.get(*name) else { continue };
+                // A credential ties this name of this consumer to a CA, and that CA did not
+                // issue the certificate (or the first step would have matched): the same
+                // name from another CA must not log in as that consumer by its username.
+                let pinned = self.credentials.get(*name).is_some_and(|entries| {
+                    entries
+                        .iter()
+                        .any(|e| e.ca.is_some() && e.consumer.id == c.id)
+                });
+                if !pinned {
                     return Some((c.clone(), name.to_string()));
                 }
             }
@@ -234,7 +243,7 @@ impl MtlsAuth {
         let mut file_crls = Vec::new();
         if let Some(file) = raw.crl_file.as_deref().filter(|f| !f.trim().is_empty()) {
             let path = ctx.conf_dir.join(file);
-            match std::fs::read(&path) {
+            match ctx.read_file(file) {
                 Err(e) => errors.push(ConfigError::new(
                     "crl_file",
                     format!("cannot read {}: {e}", path.display()),
@@ -290,12 +299,21 @@ impl MtlsAuth {
             .iter()
             .filter_map(|c| c.subject_name().to_der().ok())
             .collect();
+        let ocsp_store = match verify::build_ocsp_store(&cas, raw.allow_partial_chain) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                return Err(vec![ConfigError::new(
+                    "ca_certificates",
+                    format!("cannot build the OCSP trust store: {e}"),
+                )])
+            }
+        };
         let revocation = Revocation::new(
             raw.revocation_check_mode.unwrap_or_default(),
             file_crls,
             millis(raw.http_timeout),
             millis(raw.cert_cache_ttl),
-            store.clone(),
+            ocsp_store,
         );
         Ok(MtlsAuth {
             store,
@@ -543,7 +561,8 @@ impl Plugin for MtlsAuth {
                 if cert.sans.is_empty() {
                     drop_header(ctx, "x-client-cert-san");
                 } else {
-                    set_header(ctx, "x-client-cert-san", &cert.sans.join(", "));
+                    let sans = portcullis_plugin_api::header_list(&cert.sans);
+                    set_header(ctx, "x-client-cert-san", &sans);
                 }
                 Flow::Continue
             }

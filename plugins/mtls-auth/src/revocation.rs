@@ -43,6 +43,7 @@ pub struct Revocation {
     file_crls: Vec<X509Crl>,
     http_timeout: Duration,
     cert_cache_ttl: Duration,
+    /// Trust anchors with the OCSP-signer purpose (`verify::build_ocsp_store`).
     store: Arc<X509Store>,
     crls: FetchCache<X509Crl>,
     ocsp: FetchCache<Status>,

@@ -777,11 +777,23 @@ impl Drop for Ocsp {
 
 /// `entries`: (serial, revoked) pairs; serials not listed are unknown to the responder.
 fn ocsp_responder(ca: &Ca, dir: &Path, entries: &[(u32, bool)]) -> Ocsp {
+    ocsp_responder_signed_by(ca, (&ca.cert, &ca.key), dir, entries)
+}
+
+/// A responder for `ca` whose answers `signer` signs (`openssl ocsp -rsigner`): the CA itself or
+/// a delegated responder certificate it issued.
+fn ocsp_responder_signed_by(
+    ca: &Ca,
+    signer: (&X509, &openssl::pkey::PKey<openssl::pkey::Private>),
+    dir: &Path,
+    entries: &[(u32, bool)],
+) -> Ocsp {
     write(dir, "ocsp-ca.pem", &ca.cert.to_pem().unwrap());
+    write(dir, "ocsp-signer.pem", &signer.0.to_pem().unwrap());
     write(
         dir,
-        "ocsp-ca.key",
-        &ca.key.private_key_to_pem_pkcs8().unwrap(),
+        "ocsp-signer.key",
+        &signer.1.private_key_to_pem_pkcs8().unwrap(),
     );
     let index: String = entries
         .iter()
@@ -805,9 +817,9 @@ fn ocsp_responder(ca: &Ca, dir: &Path, entries: &[(u32, bool)]) -> Ocsp {
         .arg(port.to_string())
         .args([
             "-rsigner",
-            "ocsp-ca.pem",
+            "ocsp-signer.pem",
             "-rkey",
-            "ocsp-ca.key",
+            "ocsp-signer.key",
             "-CA",
             "ocsp-ca.pem",
             "-ndays",
@@ -888,6 +900,49 @@ async fn ocsp_responder_answers_good_revoked_unknown() {
     );
     let (flow, ctx) = run(&strict, Some(good.presented())).await;
     assert_consumer(&flow, &ctx, "c-bob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsp_answers_of_a_delegated_responder_and_of_the_ca_both_count() {
+    let w = World::new();
+    let mut responder = Leaf::new("OCSP responder", 0x920);
+    responder.ocsp_signing = true;
+    let responder = w.root.issue(&responder);
+    let signers = [
+        ("delegated", (&responder.cert, &responder.key)),
+        ("CA", (&w.root.cert, &w.root.key)),
+    ];
+    for (n, (who, signer)) in signers.into_iter().enumerate() {
+        let (good_serial, revoked_serial) = (0x930 + 2 * n as u32, 0x931 + 2 * n as u32);
+        let ocsp = ocsp_responder_signed_by(
+            &w.root,
+            signer,
+            w.dir.path(),
+            &[(good_serial, false), (revoked_serial, true)],
+        );
+        let issue = |serial: u32| {
+            let mut spec = Leaf::new("bob", serial);
+            spec.ocsp_url = Some(ocsp.url.clone());
+            w.root.issue(&spec)
+        };
+        let (good, revoked) = (issue(good_serial), issue(revoked_serial));
+        for mode in ["STRICT", "IGNORE_CA_ERROR"] {
+            let p = w.plugin(base(json!({ "revocation_check_mode": mode })));
+            let (flow, ctx) = run(&p, Some(good.presented())).await;
+            assert_consumer(&flow, &ctx, "c-bob");
+            let (flow, ctx) = run(&p, Some(revoked.presented())).await;
+            assert!(
+                matches!(flow, Flow::Respond(_)),
+                "{who}-signed OCSP, {mode}: a revoked certificate was let in"
+            );
+            assert_401(
+                &flow,
+                &ctx,
+                "TLS certificate failed verification",
+                "revoked",
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1044,5 +1099,46 @@ fn factory_and_client_cert_request() {
             w.root.cert.subject_name().to_der().unwrap(),
             w.inter.cert.subject_name().to_der().unwrap()
         ]
+    );
+}
+
+#[tokio::test]
+async fn consumer_by_never_maps_a_name_its_credential_pins_to_another_ca() {
+    let mut w = World::new();
+    // bob may log in with certificates of the unrelated CA only.
+    w.credential("bob", Some("ca-other"), "c-bob");
+    let p = w.plugin(json!({"ca_certificates": ["clients", "unrelated"]}));
+
+    // CN bob from the root: the username `bob` must not stand in for the pinned credential.
+    let (flow, ctx) = run(&p, Some(w.bob().presented())).await;
+    assert_401(&flow, &ctx, "Unauthorized", "no_consumer");
+
+    let bob_other = w.other.issue(&Leaf::new("bob", 0x3a0));
+    let (flow, ctx) = run(&p, Some(bob_other.presented())).await;
+    assert_consumer(&flow, &ctx, "c-bob");
+
+    // Without a pinning credential, consumer_by still matches the username.
+    let open = w.plugin(base(json!({})));
+    let dave = w.root.issue(&Leaf::new("dave", 0x3a1));
+    let (flow, ctx) = run(&open, Some(dave.presented())).await;
+    assert_consumer(&flow, &ctx, "c-dave");
+}
+
+#[tokio::test]
+async fn a_common_name_with_a_comma_stays_one_group() {
+    let w = World::new();
+    let p = w.plugin(base(json!({"skip_consumer_lookup": true})));
+    let cert = w.root.issue(&Leaf::new("admins, ops", 0x3b0));
+    let (flow, ctx) = run(&p, Some(cert.presented())).await;
+    assert!(matches!(flow, Flow::Continue));
+    assert_eq!(
+        ctx.authenticated_groups,
+        Some(vec!["admins, ops".to_string()])
+    );
+    // Written as a header list, the name reads back as one item, not `admins` and `ops`.
+    let groups = ctx.authenticated_groups.unwrap_or_default();
+    assert_eq!(
+        portcullis_plugin_api::header_list(&groups),
+        r#""admins, ops""#
     );
 }

@@ -33,6 +33,22 @@ impl ChainError {
 /// Trust anchors of one plugin instance. `allow_partial_chain` lets any certificate in the
 /// store, intermediates included, terminate the chain.
 pub fn build_store(cas: &[X509], allow_partial_chain: bool) -> Result<X509Store, ErrorStack> {
+    build_store_for(cas, allow_partial_chain, X509PurposeId::SSL_CLIENT)
+}
+
+/// The same trust anchors for checking OCSP responses. OpenSSL lets a purpose set on the store
+/// override the OCSP-signer purpose `OCSP_basic_verify` asks for, so the client store (purpose
+/// SSL client) would refuse every delegated responder (EKU OCSPSigning only) and turn its
+/// "revoked" into "unknown".
+pub fn build_ocsp_store(cas: &[X509], allow_partial_chain: bool) -> Result<X509Store, ErrorStack> {
+    build_store_for(cas, allow_partial_chain, X509PurposeId::OCSP_HELPER)
+}
+
+fn build_store_for(
+    cas: &[X509],
+    allow_partial_chain: bool,
+    purpose: X509PurposeId,
+) -> Result<X509Store, ErrorStack> {
     let mut builder = X509StoreBuilder::new()?;
     for ca in cas {
         builder.add_cert(ca.clone())?;
@@ -41,7 +57,7 @@ pub fn build_store(cas: &[X509], allow_partial_chain: bool) -> Result<X509Store,
         builder.set_flags(X509VerifyFlags::PARTIAL_CHAIN)?;
     }
     // A server-only certificate (EKU serverAuth alone) must not log anyone in.
-    builder.set_purpose(X509PurposeId::SSL_CLIENT)?;
+    builder.set_purpose(purpose)?;
     Ok(builder.build())
 }
 

@@ -125,7 +125,9 @@ impl Ca {
         b.append_extension(BasicConstraints::new().build().unwrap())
             .unwrap();
         let mut eku = ExtendedKeyUsage::new();
-        if spec.server_only {
+        if spec.ocsp_signing {
+            eku.other("OCSPSigning");
+        } else if spec.server_only {
             eku.server_auth();
         } else {
             eku.client_auth();
@@ -233,6 +235,8 @@ pub struct Leaf {
     pub ocsp_url: Option<String>,
     pub crl_url: Option<String>,
     pub server_only: bool,
+    /// EKU OCSPSigning alone: a delegated OCSP responder.
+    pub ocsp_signing: bool,
 }
 
 impl Leaf {
@@ -246,6 +250,7 @@ impl Leaf {
             ocsp_url: None,
             crl_url: None,
             server_only: false,
+            ocsp_signing: false,
         }
     }
 
