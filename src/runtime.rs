@@ -174,9 +174,11 @@ pub fn compile(
     let mut services = HashMap::new();
     for s in &config.services {
         let tls = if s.protocol.is_tls() {
-            Some(Arc::new(build_profile(&s.tls).map_err(|e| {
-                anyhow::anyhow!("service {}: building TLS profile: {e}", s.name)
-            })?))
+            Some(Arc::new(
+                build_profile(&s.tls, &config.tls_groups).map_err(|e| {
+                    anyhow::anyhow!("service {}: building TLS profile: {e}", s.name)
+                })?,
+            ))
         } else {
             None
         };

@@ -210,6 +210,9 @@ pub fn reload(gw: &Gateway) -> bool {
             if listener_addresses(&cfg) != listener_addresses(&old.config) {
                 tracing::warn!("listener addresses changed: they take effect after a restart (portcullis run --upgrade); the rest of the configuration is applied now");
             }
+            if cfg.tls_groups != old.config.tls_groups {
+                tracing::warn!("tls.groups changed: upstream connections use the new list now, TLS listeners after a restart (portcullis run --upgrade)");
+            }
             super::log_config_warnings(&cfg);
             match super::build_runtime(cfg.clone(), gw.fallback_cert.clone(), Some(&old)) {
                 Ok(rt) => {

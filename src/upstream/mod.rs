@@ -77,7 +77,7 @@ fn probe_profile(config: &Config, upstream: &Upstream) -> Option<TlsProfile> {
         server_name: tls.server_name.clone(),
         group_key: tls.group_key,
     };
-    match crate::tls::upstream::build_profile(&verifying) {
+    match crate::tls::upstream::build_profile(&verifying, &config.tls_groups) {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::error!(upstream = %upstream.name, error = %e, "https health check TLS profile");
