@@ -10,6 +10,11 @@ use std::ffi::CStr;
 /// `secp256r1`, ...), as OpenSSL names it; `None` before the handshake or without a group
 /// (TLS 1.2 with RSA key exchange).
 pub fn negotiated_group(ssl: &SslRef) -> Option<&str> {
+    // OpenSSL reads the session's group without a NULL check: before a handshake has
+    // completed (no session yet) the call would dereference NULL.
+    if !ssl.is_init_finished() || ssl.session().is_none() {
+        return None;
+    }
     // SAFETY: `SSL_get0_group_name` (OpenSSL >= 3.2) only reads the SSL object, which `ssl`
     // borrows for the returned lifetime. It returns NULL or a pointer to a static,
     // NUL-terminated name owned by OpenSSL's group table, valid at least as long as `ssl`.
