@@ -65,7 +65,12 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     pub log_level: Option<String>,
     pub log_json: Option<bool>,
+    /// How often host names of services without an upstream entity are resolved again.
+    pub dns_refresh_interval: Duration,
 }
+
+/// Default of `server.dns_refresh_interval`: the balancers' re-resolution interval.
+pub const DNS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// An address range, for `trusted_proxies`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -500,6 +500,7 @@ pub struct RawServer {
     pub trusted_proxies: Vec<V<String>>,
     pub log_level: Option<String>,
     pub log_format: Option<V<String>>,
+    pub dns_refresh_interval: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -942,6 +943,7 @@ fn read_server(n: &Node, p: &str, d: &mut Diags) -> Option<RawServer> {
         trusted_proxies: o.str_list("trusted_proxies", d),
         log_level: o.str("log_level", d).map(|v| v.v),
         log_format: o.str("log_format", d),
+        dns_refresh_interval: o.duration("dns_refresh_interval", 1000, d),
     };
     o.finish(d);
     Some(s)

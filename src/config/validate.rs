@@ -1298,6 +1298,11 @@ fn build_server(doc: &RawDoc, d: &mut Diags) -> ServerSettings {
         trusted_proxies,
         log_level: s.and_then(|s| s.log_level.clone()),
         log_json,
+        // A zero interval would resolve in a busy loop; one tick of the refresher is the floor.
+        dns_refresh_interval: s
+            .and_then(|s| s.dns_refresh_interval)
+            .unwrap_or(DNS_REFRESH_INTERVAL)
+            .max(Duration::from_millis(200)),
     }
 }
 

@@ -564,19 +564,23 @@ impl ProxyHttp for GatewayProxy {
         } else if let Some(a) = svc.addr {
             a
         } else {
-            match tokio::net::lookup_host((s.host.as_str(), s.port)).await {
-                Ok(mut it) => it.next().ok_or_else(|| {
-                    Error::explain(
-                        ErrorType::ConnectNoRoute,
-                        format!("{} resolved to nothing", s.host),
-                    )
-                })?,
-                Err(e) => {
-                    return Err(Error::explain(
-                        ErrorType::ConnectNoRoute,
-                        format!("resolving {}: {e}", s.host),
-                    ))
-                }
+            // A name that never resolved (no address at compile nor since) is looked up now.
+            match svc.dns.as_ref().and_then(|d| d.pick()) {
+                Some(a) => a,
+                None => match tokio::net::lookup_host((s.host.as_str(), s.port)).await {
+                    Ok(mut it) => it.next().ok_or_else(|| {
+                        Error::explain(
+                            ErrorType::ConnectNoRoute,
+                            format!("{} resolved to nothing", s.host),
+                        )
+                    })?,
+                    Err(e) => {
+                        return Err(Error::explain(
+                            ErrorType::ConnectNoRoute,
+                            format!("resolving {}: {e}", s.host),
+                        ))
+                    }
+                },
             }
         };
         ctx.upstream_addr = Some(addr);

@@ -238,6 +238,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     ));
 
     reload::start(gw);
+    crate::upstream::dns::spawn_refresher(shared.clone());
     // Pingora writes its pid file only when daemonised; operators (and `kill -QUIT $(cat ...)`
     // for upgrades) expect it either way.
     if let Err(e) = std::fs::write(&s.pid_file, format!("{}\n", std::process::id())) {

@@ -146,6 +146,8 @@ pub fn spawn_sighup_listener() {
             rt.block_on(async {
                 while hup.recv().await.is_some() {
                     SIGHUP.store(true, Ordering::SeqCst);
+                    // Names are resolved again even when the configuration is unchanged.
+                    crate::upstream::dns::force_refresh();
                 }
             });
         });

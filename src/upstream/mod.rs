@@ -3,6 +3,7 @@
 //! re-resolution. A balancer whose definition did not change survives a reload with its health
 //! state; a replaced one stops its probe thread on its own (the thread only holds a `Weak`).
 
+pub mod dns;
 mod health;
 
 use crate::config::model::{Algorithm, Config, HashOn, Upstream};
