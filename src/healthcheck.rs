@@ -1,8 +1,8 @@
-//! `portcullis healthcheck`: a dependency-free HTTP GET of the status listener's `/status`, for
-//! container HEALTHCHECK lines (distroless-friendly: no curl needed in the image).
+//! `portcullis healthcheck`: an HTTP GET of the status listener's `/status` (the gateway's own
+//! hyper-based client), for container HEALTHCHECK lines (distroless-friendly: no curl needed
+//! in the image).
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -82,19 +82,34 @@ fn probe(url: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .next()
         .ok_or("address resolved to nothing")?;
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(|e| e.to_string())?;
-    // One write: a request split over several segments may meet a server that answers early.
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
-    if text.starts_with("HTTP/1.1 200") && text.contains("\"ready\"") {
+    let response = rt.block_on(async {
+        let tcp = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let req = portcullis_http_client::get(authority, path, "portcullis-healthcheck")
+            .map_err(|e| e.to_string())?;
+        let limits = portcullis_http_client::Limits {
+            timeout: TIMEOUT,
+            max_body: Some(MAX_BODY),
+        };
+        portcullis_http_client::send(tcp, req, limits)
+            .await
+            .map_err(|e| e.to_string())
+    })?;
+    let body = String::from_utf8_lossy(&response.body);
+    if response.status == http::StatusCode::OK && body.contains("\"ready\"") {
         Ok(())
     } else {
-        Err(text.lines().next().unwrap_or("no response").to_string())
+        Err(format!("HTTP {}", response.status))
     }
 }
+
+/// Per step (connect, then the exchange): a container health check wants a quick answer.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// `/status` is a few hundred bytes; anything far larger is not our status listener.
+const MAX_BODY: usize = 1024 * 1024;

@@ -8,11 +8,12 @@ use crate::plugin::{self, RoutePlugins};
 use crate::routing::Router;
 use crate::tls::upstream::{build_profile, TlsProfile};
 use crate::tls::{CertStore, ClientCertPolicy};
+use crate::upstream::dns::DnsName;
 use crate::upstream::{Balancer, BalancerSet};
 use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 
@@ -99,9 +100,11 @@ pub struct MetricFlags {
 pub struct ServiceRt {
     pub service: Arc<Service>,
     pub tls: Option<Arc<TlsProfile>>,
-    /// Resolved when the configuration compiled (off the request path); `None` means resolve
-    /// per connection.
+    /// The address when `host` is an IP literal.
     pub addr: Option<SocketAddr>,
+    /// When `host` is a name (and no balancer): its addresses, kept fresh in the background
+    /// (see upstream::dns) and used in turn.
+    pub dns: Option<Arc<DnsName>>,
     pub balancer: Option<Arc<Balancer>>,
     /// The Host header sent upstream when `preserve_host` is off and no balancer picks a target.
     pub host_header: http::HeaderValue,
@@ -174,9 +177,11 @@ pub fn compile(
     let mut services = HashMap::new();
     for s in &config.services {
         let tls = if s.protocol.is_tls() {
-            Some(Arc::new(build_profile(&s.tls).map_err(|e| {
-                anyhow::anyhow!("service {}: building TLS profile: {e}", s.name)
-            })?))
+            Some(Arc::new(
+                build_profile(&s.tls, &config.tls_groups).map_err(|e| {
+                    anyhow::anyhow!("service {}: building TLS profile: {e}", s.name)
+                })?,
+            ))
         } else {
             None
         };
@@ -184,11 +189,20 @@ pub fn compile(
             .upstream
             .and_then(|i| config.upstreams.get(i))
             .and_then(|u| balancers.get(&u.name));
-        let addr = if balancer.is_none() {
-            (s.host.as_str(), s.port)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
+        let literal = s
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok();
+        let addr = match (&balancer, literal) {
+            (None, Some(ip)) => Some(SocketAddr::new(ip, s.port)),
+            _ => None,
+        };
+        let dns = if balancer.is_none() && literal.is_none() {
+            // The same name on a reload keeps its addresses and turn; a new one resolves now.
+            let kept = previous.and_then(|p| previous_dns(p, &s.host, s.port));
+            Some(kept.unwrap_or_else(|| Arc::new(DnsName::new(&s.host, s.port, None))))
         } else {
             None
         };
@@ -206,6 +220,7 @@ pub fn compile(
                 service: s.clone(),
                 tls,
                 addr,
+                dns,
                 balancer,
                 host_header,
                 info: Arc::new(service_info(s)),
@@ -333,6 +348,14 @@ fn route_info(r: &Route) -> portcullis_plugin_api::EntityInfo {
             "service": {"id": r.service.id},
         }),
     }
+}
+
+fn previous_dns(rt: &Runtime, host: &str, port: u16) -> Option<Arc<DnsName>> {
+    rt.services
+        .values()
+        .filter_map(|r| r.dns.as_ref())
+        .find(|d| d.host == host && d.port == port)
+        .cloned()
 }
 
 /// `portcullis_certificate_expiry_timestamp_seconds` for every certificate of the config. Series

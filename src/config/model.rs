@@ -17,7 +17,18 @@ pub struct ProxyListener {
     /// TLS: offer h2 in ALPN (default on). Plaintext: accept h2c with prior knowledge (default
     /// off: Pingora waits for 24 preface bytes before answering anything on such a listener).
     pub http2: bool,
+    /// Connections served at once; more are closed on arrival.
+    pub max_connections: usize,
+    /// The whole request header must arrive within this (nginx's `client_header_timeout`).
+    pub client_header_timeout: Duration,
+    /// TLS listeners: the ClientHello must arrive within this.
+    pub tls_handshake_timeout: Duration,
 }
+
+/// Defaults of the proxy listeners' limits.
+pub const PROXY_MAX_CONNECTIONS: usize = 10_000;
+pub const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct StreamListener {
@@ -25,7 +36,14 @@ pub struct StreamListener {
     pub client_hello_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Tunnels one client address may hold open at once.
+    pub max_connections_per_client: usize,
 }
+
+/// Defaults of the stream listeners' limits: idle tunnels close after nginx's `proxy_timeout`.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+pub const STREAM_MAX_CONNECTIONS: usize = 10_000;
+pub const STREAM_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Listeners {
@@ -51,7 +69,12 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     pub log_level: Option<String>,
     pub log_json: Option<bool>,
+    /// How often host names of services without an upstream entity are resolved again.
+    pub dns_refresh_interval: Duration,
 }
+
+/// Default of `server.dns_refresh_interval`: the balancers' re-resolution interval.
+pub const DNS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// An address range, for `trusted_proxies`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,6 +373,8 @@ pub struct Config {
     pub server: ServerSettings,
     pub certificates: Vec<Arc<Certificate>>,
     pub default_certificate: Option<Arc<Certificate>>,
+    /// Key-exchange groups in order of preference (`tls.groups`), checked against OpenSSL.
+    pub tls_groups: Vec<String>,
     pub ca_certificates: Vec<Arc<CaCertificate>>,
     pub services: Vec<Arc<Service>>,
     /// HTTP routes (everything but `tls_passthrough`).

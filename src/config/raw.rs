@@ -497,6 +497,9 @@ pub struct RawProxyListener {
     pub address: V<String>,
     pub tls: bool,
     pub http2: Option<bool>,
+    pub max_connections: Option<i64>,
+    pub client_header_timeout: Option<Duration>,
+    pub tls_handshake_timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -505,11 +508,14 @@ pub struct RawStreamListener {
     pub client_hello_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<i64>,
+    pub max_connections_per_client: Option<i64>,
 }
 
 #[derive(Debug)]
 pub struct RawTls {
     pub default_certificate: Option<V<String>>,
+    /// `None` when absent (the default list); the key's location for an empty list.
+    pub groups: Option<(Loc, Vec<V<String>>)>,
 }
 
 #[derive(Debug, Default)]
@@ -523,6 +529,7 @@ pub struct RawServer {
     pub trusted_proxies: Vec<V<String>>,
     pub log_level: Option<String>,
     pub log_format: Option<V<String>>,
+    pub dns_refresh_interval: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -798,8 +805,10 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
     if let Some((n, p)) = o.field("tls") {
         doc.sections.push(("tls", o.key_loc("tls")));
         if let Some(mut t) = Obj::new(n, &p, d) {
+            let groups = t.has("groups").then(|| t.key_loc("groups"));
             doc.tls = Some(RawTls {
                 default_certificate: t.reference("default_certificate", d),
+                groups: groups.map(|loc| (loc, t.str_list("groups", d))),
             });
             t.finish(d);
         }
@@ -896,11 +905,17 @@ fn read_listeners(n: &Node, p: &str, d: &mut Diags) -> Option<RawListeners> {
                 let address = required(&l, "address", address, d)?;
                 let tls = l.bool("tls", d).unwrap_or(false);
                 let http2 = l.bool("http2", d);
+                let max_connections = l.int("max_connections", 1, 10_000_000, d).map(|v| v.v);
+                let client_header_timeout = l.duration("client_header_timeout", 1000, d);
+                let tls_handshake_timeout = l.duration("tls_handshake_timeout", 1000, d);
                 l.finish(d);
                 Some(RawProxyListener {
                     address,
                     tls,
                     http2,
+                    max_connections,
+                    client_header_timeout,
+                    tls_handshake_timeout,
                 })
             })
             .collect()
@@ -915,12 +930,16 @@ fn read_listeners(n: &Node, p: &str, d: &mut Diags) -> Option<RawListeners> {
                 let client_hello_timeout = l.duration("client_hello_timeout", 1000, d);
                 let idle_timeout = l.duration("idle_timeout", 1000, d);
                 let max_connections = l.int("max_connections", 1, 10_000_000, d).map(|v| v.v);
+                let max_connections_per_client = l
+                    .int("max_connections_per_client", 1, 10_000_000, d)
+                    .map(|v| v.v);
                 l.finish(d);
                 Some(RawStreamListener {
                     address,
                     client_hello_timeout,
                     idle_timeout,
                     max_connections,
+                    max_connections_per_client,
                 })
             })
             .collect()
@@ -954,6 +973,7 @@ fn read_server(n: &Node, p: &str, d: &mut Diags) -> Option<RawServer> {
         trusted_proxies: o.str_list("trusted_proxies", d),
         log_level: o.str("log_level", d).map(|v| v.v),
         log_format: o.str("log_format", d),
+        dns_refresh_interval: o.duration("dns_refresh_interval", 1000, d),
     };
     o.finish(d);
     Some(s)

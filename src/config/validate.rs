@@ -569,6 +569,7 @@ pub fn validate(
         .and_then(|t| t.default_certificate.as_ref())
         .and_then(|r| cert_index.resolve(r, d))
         .and_then(|i| certs.get(i).cloned());
+    let tls_groups = tls_groups(&doc, d);
 
     // ---- Upstreams and targets
     let mut up_index = Index::new("upstream");
@@ -946,6 +947,7 @@ pub fn validate(
         server,
         certificates: certs,
         default_certificate,
+        tls_groups,
         ca_certificates: cas,
         services,
         routes,
@@ -1072,6 +1074,38 @@ fn plugin_credentials(
     out
 }
 
+/// `tls.groups`: names OpenSSL knows, at least one, no repeats.
+fn tls_groups(doc: &RawDoc, d: &mut Diags) -> Vec<String> {
+    let Some((loc, list)) = doc.tls.as_ref().and_then(|t| t.groups.as_ref()) else {
+        return crate::tls::groups::DEFAULT_GROUPS
+            .iter()
+            .map(|g| g.to_string())
+            .collect();
+    };
+    if list.is_empty() {
+        d.err(loc, "tls.groups", "needs at least one key-exchange group");
+    }
+    let mut groups: Vec<String> = Vec::new();
+    for g in list {
+        if !crate::tls::groups::is_known(&g.v) {
+            d.err(
+                &g.loc,
+                &g.path,
+                format!(
+                    "unknown TLS group {:?}: expected a name OpenSSL knows, e.g. {}",
+                    g.v,
+                    crate::tls::groups::DEFAULT_GROUPS.join(", ")
+                ),
+            );
+        } else if groups.iter().any(|x| x.eq_ignore_ascii_case(&g.v)) {
+            d.err(&g.loc, &g.path, format!("group {} is listed twice", g.v));
+        } else {
+            groups.push(g.v.clone());
+        }
+    }
+    groups
+}
+
 fn collect_files(v: &serde_json::Value, dir: &Path, files: &mut Vec<PathBuf>) {
     match v {
         serde_json::Value::Object(m) => {
@@ -1152,6 +1186,12 @@ fn build_listeners(doc: &RawDoc, d: &mut Diags) -> Listeners {
                     address: check_address(&l.address, d)?,
                     tls: l.tls,
                     http2: l.http2.unwrap_or(l.tls),
+                    max_connections: l
+                        .max_connections
+                        .map(|v| v as usize)
+                        .unwrap_or(PROXY_MAX_CONNECTIONS),
+                    client_header_timeout: l.client_header_timeout.unwrap_or(CLIENT_HEADER_TIMEOUT),
+                    tls_handshake_timeout: l.tls_handshake_timeout.unwrap_or(TLS_HANDSHAKE_TIMEOUT),
                 })
             })
             .collect(),
@@ -1160,11 +1200,17 @@ fn build_listeners(doc: &RawDoc, d: &mut Diags) -> Listeners {
                 address: "0.0.0.0:8000".into(),
                 tls: false,
                 http2: false,
+                max_connections: PROXY_MAX_CONNECTIONS,
+                client_header_timeout: CLIENT_HEADER_TIMEOUT,
+                tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             },
             ProxyListener {
                 address: "0.0.0.0:8443".into(),
                 tls: true,
                 http2: true,
+                max_connections: PROXY_MAX_CONNECTIONS,
+                client_header_timeout: CLIENT_HEADER_TIMEOUT,
+                tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             },
         ],
     };
@@ -1178,8 +1224,15 @@ fn build_listeners(doc: &RawDoc, d: &mut Diags) -> Listeners {
                         client_hello_timeout: l
                             .client_hello_timeout
                             .unwrap_or(Duration::from_secs(10)),
-                        idle_timeout: l.idle_timeout.unwrap_or(Duration::from_secs(3600)),
-                        max_connections: l.max_connections.map(|v| v as usize).unwrap_or(10_000),
+                        idle_timeout: l.idle_timeout.unwrap_or(STREAM_IDLE_TIMEOUT),
+                        max_connections: l
+                            .max_connections
+                            .map(|v| v as usize)
+                            .unwrap_or(STREAM_MAX_CONNECTIONS),
+                        max_connections_per_client: l
+                            .max_connections_per_client
+                            .map(|v| v as usize)
+                            .unwrap_or(STREAM_MAX_CONNECTIONS_PER_CLIENT),
                     })
                 })
                 .collect()
@@ -1237,8 +1290,9 @@ fn finalize_listeners(
         l.stream.push(StreamListener {
             address: "0.0.0.0:9443".into(),
             client_hello_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(3600),
-            max_connections: 10_000,
+            idle_timeout: STREAM_IDLE_TIMEOUT,
+            max_connections: STREAM_MAX_CONNECTIONS,
+            max_connections_per_client: STREAM_MAX_CONNECTIONS_PER_CLIENT,
         });
     }
     l
@@ -1284,6 +1338,11 @@ fn build_server(doc: &RawDoc, d: &mut Diags) -> ServerSettings {
         trusted_proxies,
         log_level: s.and_then(|s| s.log_level.clone()),
         log_json,
+        // A zero interval would resolve in a busy loop; one tick of the refresher is the floor.
+        dns_refresh_interval: s
+            .and_then(|s| s.dns_refresh_interval)
+            .unwrap_or(DNS_REFRESH_INTERVAL)
+            .max(Duration::from_millis(200)),
     }
 }
 

@@ -104,6 +104,22 @@ metric!(
     &["service", "reason"]
 );
 metric!(
+    TLS_HANDSHAKES,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_tls_handshakes_total",
+    "Completed TLS handshakes on proxy listeners by listener address, protocol version and negotiated key-exchange group",
+    &["listener", "version", "group"]
+);
+metric!(
+    CONNECTIONS_REFUSED,
+    IntCounterVec,
+    register_int_counter_vec,
+    "portcullis_connections_closed_total",
+    "Proxy-listener connections the gateway closed to protect itself, by listener and reason (max_connections, client_header_timeout, tls_handshake_timeout)",
+    &["listener", "reason"]
+);
+metric!(
     AUTH_FAILURES,
     IntCounterVec,
     register_int_counter_vec,

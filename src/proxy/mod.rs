@@ -80,6 +80,8 @@ pub struct Ctx {
     tries: usize,
     pub tls_failure: Option<String>,
     pub tls_version: Option<&'static str>,
+    /// The key-exchange group the client's handshake negotiated.
+    pub tls_group: Option<&'static str>,
     /// Set when the gateway answered itself (404, 426, plugin responses).
     pub responded: Option<u16>,
     original_host: Option<String>,
@@ -280,6 +282,8 @@ impl ProxyHttp for GatewayProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
+        // Pingora makes the context right after parsing the request header.
+        crate::server::guard::header_received();
         Ctx {
             rt: None,
             route: None,
@@ -294,6 +298,7 @@ impl ProxyHttp for GatewayProxy {
             tries: 0,
             tls_failure: None,
             tls_version: None,
+            tls_group: None,
             responded: None,
             original_host: None,
             chain: None,
@@ -371,7 +376,10 @@ impl ProxyHttp for GatewayProxy {
         }
 
         let (sni, client_cert) = match conn_info(session) {
-            Some(ci) => (ci.sni.clone(), ci.client_certificate.clone()),
+            Some(ci) => {
+                ctx.tls_group = ci.group;
+                (ci.sni.clone(), ci.client_certificate.clone())
+            }
             None => (None, None),
         };
         ctx.tls_version = session
@@ -586,19 +594,23 @@ impl ProxyHttp for GatewayProxy {
         } else if let Some(a) = svc.addr {
             a
         } else {
-            match tokio::net::lookup_host((s.host.as_str(), s.port)).await {
-                Ok(mut it) => it.next().ok_or_else(|| {
-                    Error::explain(
-                        ErrorType::ConnectNoRoute,
-                        format!("{} resolved to nothing", s.host),
-                    )
-                })?,
-                Err(e) => {
-                    return Err(Error::explain(
-                        ErrorType::ConnectNoRoute,
-                        format!("resolving {}: {e}", s.host),
-                    ))
-                }
+            // A name that never resolved (no address at compile nor since) is looked up now.
+            match svc.dns.as_ref().and_then(|d| d.pick()) {
+                Some(a) => a,
+                None => match tokio::net::lookup_host((s.host.as_str(), s.port)).await {
+                    Ok(mut it) => it.next().ok_or_else(|| {
+                        Error::explain(
+                            ErrorType::ConnectNoRoute,
+                            format!("{} resolved to nothing", s.host),
+                        )
+                    })?,
+                    Err(e) => {
+                        return Err(Error::explain(
+                            ErrorType::ConnectNoRoute,
+                            format!("resolving {}: {e}", s.host),
+                        ))
+                    }
+                },
             }
         };
         ctx.upstream_addr = Some(addr);
@@ -632,6 +644,8 @@ impl ProxyHttp for GatewayProxy {
             }
             peer.client_cert_key = p.client_cert.clone();
             peer.group_key = p.group_key;
+            // Part of Pingora's pool key: a reload changing `tls.groups` opens new connections.
+            o.curves = Some(std::borrow::Cow::Borrowed(p.groups));
             if !matches!(s.protocol, Protocol::Grpcs) {
                 peer.options.alpn = ALPN::H1;
             }
@@ -1072,6 +1086,7 @@ impl ProxyHttp for GatewayProxy {
             upstream_latency_ms = ctx.upstream_ttfb.map(|t| (t * 1000.0) as u64).unwrap_or(0),
             upstream = ?ctx.upstream_addr,
             tls = ctx.tls_version.unwrap_or("-"),
+            tls_group = ctx.tls_group.unwrap_or("-"),
             error = e.map(|e| e.etype().as_str()).unwrap_or(""),
             "request"
         );

@@ -2,6 +2,7 @@
 //! ones with our SNI acceptor), one stream service per stream listener, the status listener, the
 //! reload watcher. Pingora's own server settings are derived from the `server:` section.
 
+pub mod guard;
 pub mod reload;
 pub mod rundir;
 pub mod status;
@@ -105,6 +106,7 @@ pub fn build_runtime(
 pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Result<()> {
     // First, so a SIGHUP sent as soon as the process exists reloads instead of killing it.
     reload::spawn_sighup_listener();
+    raise_fd_limit(&config);
     let fallback = crate::tls::self_signed()?;
     log_config_warnings(&config);
     let rt = build_runtime(config.clone(), fallback.clone(), None)?;
@@ -178,26 +180,47 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     for (i, l) in config.listeners.proxy.iter().enumerate() {
         let proxy = GatewayProxy::new(shared.clone(), l.tls, &l.address);
         let mut app = pingora::proxy::http_proxy(&server_conf, proxy);
+        // h2c with prior knowledge on plaintext listeners that ask for it (`http2: true`,
+        // Kong's `http2` listen flag; gRPC without TLS): Pingora peeks for the HTTP/2
+        // preface and falls back to HTTP/1.1. Opt-in, because that peek waits for 24 bytes
+        // with no time limit before answering anything.
         if !l.tls && l.http2 {
-            // h2c with prior knowledge on plaintext listeners that ask for it (`http2: true`,
-            // Kong's `http2` listen flag; gRPC without TLS): Pingora peeks for the HTTP/2
-            // preface and falls back to HTTP/1.1. Opt-in, because that peek waits for 24 bytes
-            // with no time limit before answering anything.
             let mut options = pingora::apps::HttpServerOptions::default();
             options.h2c = true;
             app.server_options = Some(options);
         }
-        // Connections are read through the request-line guard: Pingora rewrites malformed
-        // request lines before any hook could see them (`proxy::request_line`).
-        let mut svc = Service::new(format!("proxy-{i}"), GuardedApp::new(app));
+        // Outermost the connection cap; then the request-line guard, which reads the raw bytes
+        // (Pingora rewrites malformed request lines before any hook could see them,
+        // `proxy::request_line`); then the header deadline around Pingora's proxy (see guard.rs
+        // for why these live outside Pingora).
+        let app = guard::ConnectionCap::new(
+            GuardedApp::new(guard::HeaderDeadline::new(
+                app,
+                l.client_header_timeout,
+                &l.address,
+            )),
+            l.max_connections,
+            &l.address,
+        );
+        let mut svc = Service::new(format!("proxy-{i}"), app);
         if l.tls {
             let mut tls = TlsSettings::with_callbacks(Box::new(Acceptor {
                 shared: shared.clone(),
+                listener: l.address.clone(),
             }))?;
+            // Post-quantum hybrid first by default (SPEC §5); fixed for the process's life,
+            // like the listener itself (a reload changing `tls.groups` says so).
+            tls.set_groups_list(&crate::tls::groups::server_list(&config.tls_groups))?;
             if l.http2 {
                 tls.enable_h2();
             }
             tls.set_min_proto_version(Some(pingora::tls::ssl::SslVersion::TLS1_2))?;
+            // Before add_listener: Pingora copies the callback into each endpoint it adds.
+            svc.endpoints()
+                .set_pre_tls_callback(Arc::new(guard::ClientHelloDeadline {
+                    timeout: l.tls_handshake_timeout,
+                    listener: l.address.clone(),
+                }));
             // OpenSSL reads a record's header and body separately: a buffer of one full record
             // keeps that to one read per record, without Pingora's default of 64 KiB zeroed for
             // every accepted connection.
@@ -221,6 +244,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
                 client_hello_timeout: l.client_hello_timeout,
                 idle_timeout: l.idle_timeout,
                 max_connections: l.max_connections,
+                max_connections_per_client: l.max_connections_per_client,
             },
         );
         let mut svc = Service::new(format!("stream-{i}"), app);
@@ -248,6 +272,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     ));
 
     reload::start(gw);
+    crate::upstream::dns::spawn_refresher(shared.clone());
     // Pingora writes its pid file only when daemonised; operators (and `kill -QUIT $(cat ...)`
     // for upgrades) expect it either way.
     if let Err(e) = rundir::write_pid_file(std::path::Path::new(&pid_file)) {
@@ -278,6 +303,42 @@ impl pingora::services::background::BackgroundService for FlushOnShutdown {
         let flushing = crate::plugin::chain::flush_all(plugins);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), flushing).await;
         tracing::info!("plugins flushed for shutdown");
+    }
+}
+
+/// Every connection is a file descriptor (two when proxied): lift the soft `RLIMIT_NOFILE`
+/// to the hard limit, as nginx's `worker_rlimit_nofile` would, and warn when even that is
+/// below what the configured connection limits need.
+fn raise_fd_limit(config: &Config) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open-files limit");
+        }
+    }
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s);
+    let wanted: u64 = config
+        .listeners
+        .proxy
+        .iter()
+        .map(|l| 2 * l.max_connections as u64)
+        .chain(
+            config
+                .listeners
+                .stream
+                .iter()
+                .map(|l| 2 * l.max_connections as u64),
+        )
+        .sum();
+    if limit < wanted {
+        tracing::warn!(
+            open_files_limit = limit,
+            wanted,
+            "the open-files limit is below twice the listeners' max_connections: connections beyond it fail at accept"
+        );
     }
 }
 

@@ -146,6 +146,8 @@ pub fn spawn_sighup_listener() {
             rt.block_on(async {
                 while hup.recv().await.is_some() {
                     SIGHUP.store(true, Ordering::SeqCst);
+                    // Names are resolved again even when the configuration is unchanged.
+                    crate::upstream::dns::force_refresh();
                 }
             });
         });
@@ -248,6 +250,9 @@ fn try_reload(gw: &Gateway) -> Result<(), String> {
             }
             if listener_addresses(&cfg) != listener_addresses(&old.config) {
                 tracing::warn!("listener addresses changed: they take effect after a restart (portcullis run --upgrade); the rest of the configuration is applied now");
+            }
+            if cfg.tls_groups != old.config.tls_groups {
+                tracing::warn!("tls.groups changed: upstream connections use the new list now, TLS listeners after a restart (portcullis run --upgrade)");
             }
             super::log_config_warnings(&cfg);
             match super::build_runtime(cfg.clone(), gw.fallback_cert.clone(), Some(&old)) {

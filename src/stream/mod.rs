@@ -17,9 +17,10 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -49,14 +50,18 @@ pub struct StreamSettings {
     pub idle_timeout: Duration,
     /// Connections handled at once by this listener; more are closed on arrival.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more from it are closed on arrival,
+    /// so one host cannot take every slot.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for StreamSettings {
     fn default() -> Self {
         StreamSettings {
             client_hello_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(3600),
-            max_connections: 10_000,
+            idle_timeout: crate::config::model::STREAM_IDLE_TIMEOUT,
+            max_connections: crate::config::model::STREAM_MAX_CONNECTIONS,
+            max_connections_per_client: crate::config::model::STREAM_MAX_CONNECTIONS_PER_CLIENT,
         }
     }
 }
@@ -91,6 +96,8 @@ pub enum Outcome {
     UpstreamRefusedTls,
     /// The listener was at `max_connections`.
     OverLimit,
+    /// The client's address was at `max_connections_per_client`.
+    OverClientLimit,
 }
 
 impl Outcome {
@@ -108,6 +115,7 @@ impl Outcome {
             Outcome::UpstreamUnavailable => "upstream_unavailable",
             Outcome::UpstreamRefusedTls => "upstream_refused_tls",
             Outcome::OverLimit => "over_limit",
+            Outcome::OverClientLimit => "over_client_limit",
         }
     }
 }
@@ -139,6 +147,28 @@ pub struct StreamApp {
     table: Arc<ArcSwap<StreamTable>>,
     settings: StreamSettings,
     slots: Arc<Semaphore>,
+    /// Open connections per client address (entries removed at zero).
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted against its client address until dropped.
+struct ClientSlot<'a> {
+    app: &'a StreamApp,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        let Ok(mut map) = self.app.per_client.lock() else {
+            return;
+        };
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl StreamApp {
@@ -149,7 +179,19 @@ impl StreamApp {
             table,
             settings,
             slots,
+            per_client: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A slot for `ip`, or `None` when it holds `max_connections_per_client` already.
+    fn client_slot(&self, ip: IpAddr) -> Option<ClientSlot<'_>> {
+        let mut map = self.per_client.lock().ok()?;
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.settings.max_connections_per_client {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { app: self, ip })
     }
 
     pub fn settings(&self) -> &StreamSettings {
@@ -163,7 +205,13 @@ impl StreamApp {
     {
         let mut log = ConnectionLog::new(peer);
         let outcome = match self.slots.clone().try_acquire_owned() {
-            Ok(_permit) => self.serve(client, &mut log).await,
+            Ok(_permit) => match peer.map(|p| self.client_slot(p.ip())) {
+                Some(None) => Outcome::OverClientLimit,
+                slot => {
+                    let _slot = slot;
+                    self.serve(client, &mut log).await
+                }
+            },
             Err(_) => Outcome::OverLimit,
         };
         log.finish(outcome);

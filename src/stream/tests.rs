@@ -307,6 +307,60 @@ async fn unreachable_upstream_gets_internal_error() {
 }
 
 #[tokio::test]
+async fn one_client_address_cannot_take_every_slot() {
+    let (port, guard) = untouchable().await;
+    let settings = StreamSettings {
+        max_connections_per_client: 2,
+        ..StreamSettings::default()
+    };
+    let app = app(vec![spec("only", &["only.example.com"], port)], settings);
+    let (addr, mut logs) = serve(app).await;
+    // Two connections from 127.0.0.1 hold its two slots while they send nothing.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(&[22]).await.unwrap();
+        held.push(c);
+    }
+    tokio::task::yield_now().await;
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(read_all(&mut third).await, b"");
+    assert_eq!(
+        logs.recv().await.unwrap().outcome,
+        Some(Outcome::OverClientLimit)
+    );
+    // A slot freed is a slot the same address can use again.
+    drop(held.pop());
+    assert_eq!(
+        logs.recv().await.unwrap().outcome,
+        Some(Outcome::ClientGone)
+    );
+    let mut fourth = TcpStream::connect(addr).await.unwrap();
+    fourth.write_all(&[22]).await.unwrap();
+    drop(held);
+    for _ in 0..1 {
+        assert_eq!(
+            logs.recv().await.unwrap().outcome,
+            Some(Outcome::ClientGone)
+        );
+    }
+    drop(fourth);
+    assert_eq!(
+        logs.recv().await.unwrap().outcome,
+        Some(Outcome::ClientGone)
+    );
+    guard.abort();
+}
+
+#[test]
+fn idle_tunnels_close_after_nginx_proxy_timeout_by_default() {
+    assert_eq!(
+        StreamSettings::default().idle_timeout,
+        Duration::from_secs(600)
+    );
+}
+
+#[tokio::test]
 async fn connections_over_the_limit_are_closed() {
     let (port, guard) = untouchable().await;
     let settings = StreamSettings {

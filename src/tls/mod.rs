@@ -2,6 +2,7 @@
 //! the `TlsAccept` callbacks that install the chosen certificate mid-handshake, ask for client
 //! certificates where mtls-auth needs them, and capture what the client presented.
 
+pub mod groups;
 pub mod upstream;
 
 use crate::config::model::{Certificate, Config};
@@ -153,12 +154,16 @@ pub fn self_signed() -> Result<Arc<Certificate>, openssl::error::ErrorStack> {
 #[derive(Debug, Default)]
 pub struct ConnInfo {
     pub sni: Option<String>,
+    /// The negotiated key-exchange group (`X25519MLKEM768`, `X25519`, ...).
+    pub group: Option<&'static str>,
     pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 /// The `TlsAccept` callbacks of every TLS proxy listener.
 pub struct Acceptor {
     pub shared: Shared,
+    /// The listener's address, for `portcullis_tls_handshakes_total`.
+    pub listener: String,
 }
 
 fn install(ssl: &mut SslRef, cert: &Certificate) -> Result<(), openssl::error::ErrorStack> {
@@ -224,11 +229,30 @@ impl TlsAccept for Acceptor {
             }
             Arc::new(describe(&leaf, chain_der))
         });
+        let group = group_label(portcullis_openssl_ext::negotiated_group(ssl));
+        crate::metrics::TLS_HANDSHAKES
+            .with_label_values(&[&self.listener, ssl.version_str(), group.unwrap_or("none")])
+            .inc();
         Some(Arc::new(ConnInfo {
             sni,
+            group,
             client_certificate,
         }))
     }
+}
+
+/// OpenSSL's group names are static strings; copying them into a `'static` set keeps the
+/// per-connection record a pointer (and the metric label set bounded by OpenSSL's table).
+fn group_label(name: Option<&str>) -> Option<&'static str> {
+    static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let name = name?;
+    let mut seen = SEEN.lock().ok()?;
+    if let Some(s) = seen.iter().find(|s| **s == name) {
+        return Some(s);
+    }
+    let s: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    seen.push(s);
+    Some(s)
 }
 
 fn name_to_string(name: &openssl::x509::X509NameRef) -> String {

@@ -36,6 +36,8 @@ pub struct TlsProfile {
     pub server_name: String,
     pub client_cert: Option<Arc<CertKey>>,
     pub group_key: u64,
+    /// Key-exchange groups offered, in OpenSSL's list syntax (`tls.groups`).
+    pub groups: &'static str,
 }
 
 impl std::fmt::Debug for TlsProfile {
@@ -74,7 +76,11 @@ fn system_roots(b: &mut X509StoreBuilder) {
     let _ = b.set_default_paths();
 }
 
-pub fn build_profile(tls: &UpstreamTls) -> Result<TlsProfile, openssl::error::ErrorStack> {
+pub fn build_profile(
+    tls: &UpstreamTls,
+    groups: &[String],
+) -> Result<TlsProfile, openssl::error::ErrorStack> {
+    let groups = super::groups::interned_client_list(groups);
     let client_cert = tls
         .client_certificate
         .as_ref()
@@ -86,6 +92,7 @@ pub fn build_profile(tls: &UpstreamTls) -> Result<TlsProfile, openssl::error::Er
             server_name: tls.server_name.clone(),
             client_cert,
             group_key: tls.group_key,
+            groups,
         });
     }
     let mut b = X509StoreBuilder::new()?;
@@ -116,6 +123,7 @@ pub fn build_profile(tls: &UpstreamTls) -> Result<TlsProfile, openssl::error::Er
         server_name: tls.server_name.clone(),
         client_cert,
         group_key: tls.group_key,
+        groups,
     })
 }
 

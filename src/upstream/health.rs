@@ -7,7 +7,6 @@ use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
@@ -88,7 +87,7 @@ async fn probe(
         };
         match a.kind {
             CheckKind::Tcp => Outcome::Status(200),
-            CheckKind::Http => http_probe(tcp, host, &a.http_path).await,
+            CheckKind::Http => http_probe(tcp, host, &a.http_path, a.timeout).await,
             CheckKind::Https => {
                 let sni = a.https_sni.clone().unwrap_or_else(|| {
                     b.probe_tls
@@ -97,7 +96,7 @@ async fn probe(
                         .unwrap_or_else(|| host.to_string())
                 });
                 match tls_connect(b, tcp, &sni, a.https_verify_certificate).await {
-                    Some(s) => http_probe(s, host, &a.http_path).await,
+                    Some(s) => http_probe(s, host, &a.http_path, a.timeout).await,
                     None => Outcome::TcpFailure,
                 }
             }
@@ -142,31 +141,21 @@ async fn tls_connect(
     Some(stream)
 }
 
-async fn http_probe<S>(mut s: S, host: &str, path: &str) -> Outcome
+async fn http_probe<S>(s: S, host: &str, path: &str, timeout: Duration) -> Outcome
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: portcullis-healthcheck\r\nConnection: close\r\n\r\n"
-    );
-    if s.write_all(req.as_bytes()).await.is_err() {
+    let Ok(req) = portcullis_http_client::get(host, path, "portcullis-healthcheck") else {
         return Outcome::TcpFailure;
-    }
-    let mut buf = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        match s.read(&mut buf[n..]).await {
-            Ok(0) | Err(_) => return Outcome::TcpFailure,
-            Ok(k) => n += k,
-        }
-    }
-    // "HTTP/1.1 200 "
-    let line = &buf[..n];
-    let status = std::str::from_utf8(&line[9..12.min(line.len())])
-        .ok()
-        .and_then(|s| s.parse::<u16>().ok());
-    match status {
-        Some(s) => Outcome::Status(s),
-        None => Outcome::TcpFailure,
+    };
+    // The status decides; the body is not read.
+    let limits = portcullis_http_client::Limits {
+        timeout,
+        max_body: None,
+    };
+    match portcullis_http_client::send(s, req, limits).await {
+        Ok(r) => Outcome::Status(r.status.as_u16()),
+        Err(portcullis_http_client::Error::Timeout(_)) => Outcome::Timeout,
+        Err(_) => Outcome::TcpFailure,
     }
 }

@@ -3,6 +3,7 @@
 //! re-resolution. A balancer whose definition did not change survives a reload with its health
 //! state; a replaced one stops its probe thread on its own (the thread only holds a `Weak`).
 
+pub mod dns;
 mod health;
 
 use crate::config::model::{Algorithm, Config, HashOn, Upstream};
@@ -77,7 +78,7 @@ fn probe_profile(config: &Config, upstream: &Upstream) -> Option<TlsProfile> {
         server_name: tls.server_name.clone(),
         group_key: tls.group_key,
     };
-    match crate::tls::upstream::build_profile(&verifying) {
+    match crate::tls::upstream::build_profile(&verifying, &config.tls_groups) {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::error!(upstream = %upstream.name, error = %e, "https health check TLS profile");

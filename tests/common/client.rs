@@ -323,6 +323,8 @@ pub struct Served {
     pub alpn: Option<String>,
     /// `TLSv1.2`, `TLSv1.3`...
     pub version: String,
+    /// Negotiated key-exchange group (`X25519MLKEM768`, `X25519`, ...), when known.
+    pub group: Option<String>,
 }
 
 /// An in-process `openssl s_client`: connects, handshakes without verifying, reports the leaf.
@@ -335,6 +337,7 @@ pub struct TlsProbe {
     client_cert: Option<(PathBuf, PathBuf)>,
     max_version: Option<SslVersion>,
     verify_ca: Option<PathBuf>,
+    groups: Option<String>,
 }
 
 #[allow(dead_code)]
@@ -359,6 +362,12 @@ impl TlsProbe {
     }
     pub fn max_version(mut self, v: SslVersion) -> TlsProbe {
         self.max_version = Some(v);
+        self
+    }
+    /// Key-exchange groups to offer, in OpenSSL's list syntax. This client links the vendored
+    /// OpenSSL (3.6), so unlike the system's `openssl` it speaks X25519MLKEM768.
+    pub fn groups(mut self, list: &str) -> TlsProbe {
+        self.groups = Some(list.to_string());
         self
     }
     /// Verify the served chain against this CA file (and the SNI as host name).
@@ -398,6 +407,9 @@ impl TlsProbe {
             b.set_max_proto_version(Some(v))
                 .map_err(|e| e.to_string())?;
         }
+        if let Some(g) = &self.groups {
+            b.set_groups_list(g).map_err(|e| e.to_string())?;
+        }
         let connector = b.build();
         let mut cfg = connector.configure().map_err(|e| e.to_string())?;
         cfg.set_use_server_name_indication(self.sni.is_some());
@@ -422,6 +434,7 @@ impl TlsProbe {
                 .selected_alpn_protocol()
                 .map(|p| String::from_utf8_lossy(p).into_owned()),
             version: ssl.version_str().to_string(),
+            group: portcullis_openssl_ext::negotiated_group(ssl).map(str::to_string),
         })
     }
 }
@@ -463,5 +476,6 @@ pub fn s_client(port: u16, sni: Option<&str>, extra: &[&str]) -> Result<Served, 
         version: field("Protocol  :")
             .or_else(|| field("Protocol:"))
             .unwrap_or_default(),
+        group: field("Negotiated TLS1.3 group:"),
     })
 }

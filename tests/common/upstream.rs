@@ -248,6 +248,14 @@ impl HttpsEcho {
         HttpsEcho::start_reply(name, chain, key, client_auth, Reply::Echo)
     }
 
+    /// Accepts only the key-exchange `groups` (OpenSSL list syntax), e.g. `X25519MLKEM768`.
+    pub fn start_with_groups(name: &str, chain: &Path, key: &Path, groups: &str) -> HttpsEcho {
+        let mut b = acceptor_builder(chain, key, &ClientAuth::None);
+        b.set_groups_list(groups)
+            .unwrap_or_else(|e| panic!("groups {groups}: {e}"));
+        HttpsEcho::start_acceptor(name, b.build(), Reply::Echo)
+    }
+
     fn start_reply(
         name: &str,
         chain: &Path,
@@ -255,7 +263,11 @@ impl HttpsEcho {
         client_auth: ClientAuth,
         reply: Reply,
     ) -> HttpsEcho {
-        let acceptor = Arc::new(acceptor(chain, key, &client_auth));
+        HttpsEcho::start_acceptor(name, acceptor(chain, key, &client_auth), reply)
+    }
+
+    fn start_acceptor(name: &str, acceptor: SslAcceptor, reply: Reply) -> HttpsEcho {
+        let acceptor = Arc::new(acceptor);
         let shared = Arc::new(Shared {
             name: name.to_string(),
             reply,
@@ -367,6 +379,14 @@ impl TlsBackend {
 }
 
 fn acceptor(chain: &Path, key: &Path, client_auth: &ClientAuth) -> SslAcceptor {
+    acceptor_builder(chain, key, client_auth).build()
+}
+
+fn acceptor_builder(
+    chain: &Path,
+    key: &Path,
+    client_auth: &ClientAuth,
+) -> openssl::ssl::SslAcceptorBuilder {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("ssl acceptor");
     b.set_certificate_chain_file(chain)
         .unwrap_or_else(|e| panic!("chain {}: {e}", chain.display()));
@@ -385,7 +405,7 @@ fn acceptor(chain: &Path, key: &Path, client_auth: &ClientAuth) -> SslAcceptor {
             b.set_verify(mode);
         }
     }
-    b.build()
+    b
 }
 
 /// What the connection knows about TLS, reported in each echo.

@@ -1,13 +1,14 @@
-//! A minimal HTTP/1.1 client for CRL downloads and OCSP queries.
+//! CRL downloads and OCSP queries over HTTP/1.1 (the gateway's hyper-based client).
 //!
 //! CRL distribution points and OCSP responders are plain-HTTP by convention (RFC 5280 §4.2.1.13,
-//! RFC 6960 appendix A: the data is signed, so TLS would add nothing), so a full client with TLS,
-//! pooling and redirects would be dead weight here. One request per connection, bounded in size;
-//! the caller bounds the time.
+//! RFC 6960 appendix A: the data is signed, so TLS would add nothing), so TLS, pooling and
+//! redirects would be dead weight here. One request per connection, bounded in size; the caller
+//! bounds the time.
 
 use std::fmt;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use portcullis_http_client::{Error as ClientError, Limits};
 use tokio::net::TcpStream;
 
 /// An `http://` URL split into what a request needs.
@@ -87,6 +88,8 @@ pub enum HttpError {
     Status(u16),
     TooLarge,
     Malformed(&'static str),
+    /// The client library's reason (malformed response, timeout, ...).
+    Client(String),
 }
 
 impl fmt::Display for HttpError {
@@ -95,7 +98,8 @@ impl fmt::Display for HttpError {
             HttpError::Io(e) => write!(f, "{e}"),
             HttpError::Status(s) => write!(f, "HTTP status {s}"),
             HttpError::TooLarge => write!(f, "response too large"),
-            HttpError::Malformed(what) => write!(f, "malformed HTTP response: {what}"),
+            HttpError::Malformed(what) => write!(f, "malformed HTTP {what}"),
+            HttpError::Client(why) => write!(f, "{why}"),
         }
     }
 }
@@ -106,151 +110,45 @@ impl From<std::io::Error> for HttpError {
     }
 }
 
-/// Sends one request and returns the body of a 200 answer, at most `max_body` bytes.
+/// Sends one request and returns the body of a 200 answer, at most `max_body` bytes. The
+/// caller bounds the time; `MAX_TIME` is only a ceiling for a caller that forgets.
 pub async fn fetch(
     url: &HttpUrl,
     post: Option<(&str, &[u8])>,
     max_body: usize,
 ) -> Result<Vec<u8>, HttpError> {
-    let mut stream = TcpStream::connect((url.host.as_str(), url.port)).await?;
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portcullis-mtls-auth\r\nAccept: */*\r\nConnection: close\r\n",
-        if post.is_some() { "POST" } else { "GET" },
-        url.path,
-        url.host_header()
-    );
-    if let Some((content_type, body)) = post {
-        head.push_str(&format!(
-            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
+    const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(300);
+    let stream = TcpStream::connect((url.host.as_str(), url.port)).await?;
+    let builder = http::Request::builder()
+        .method(if post.is_some() { "POST" } else { "GET" })
+        .uri(url.path.as_str())
+        .header(http::header::HOST, url.host_header())
+        .header(http::header::USER_AGENT, "portcullis-mtls-auth")
+        .header(http::header::ACCEPT, "*/*")
+        .header(http::header::CONNECTION, "close");
+    let request = match post {
+        Some((content_type, body)) => builder
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Bytes::copy_from_slice(body)),
+        None => builder.body(Bytes::new()),
     }
-    head.push_str("\r\n");
-    let mut request = head.into_bytes();
-    if let Some((_, body)) = post {
-        request.extend_from_slice(body);
-    }
-    stream.write_all(&request).await?;
-
-    let limit = max_body.saturating_add(64 * 1024);
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-        if raw.len() > limit {
-            return Err(HttpError::TooLarge);
-        }
-        if let Some(done) = complete_response(&raw) {
-            raw.truncate(done);
-            break;
-        }
-    }
-    parse_response(&raw, max_body)
-}
-
-/// When the response carries a Content-Length, where it ends: servers that keep the connection
-/// open despite `Connection: close` must not make us wait for the timeout.
-fn complete_response(raw: &[u8]) -> Option<usize> {
-    let head_end = find(raw, b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&raw[..head_end]).ok()?;
-    let len = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().ok())
-            .flatten()
-    })?;
-    let end = head_end.checked_add(len)?;
-    (raw.len() >= end).then_some(end)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn parse_response(raw: &[u8], max_body: usize) -> Result<Vec<u8>, HttpError> {
-    let head_end = find(raw, b"\r\n\r\n").ok_or(HttpError::Malformed("no header end"))?;
-    let head = std::str::from_utf8(&raw[..head_end])
-        .map_err(|_| HttpError::Malformed("header is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(HttpError::Malformed("status line"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or(HttpError::Malformed("status code"))?;
-    if status != 200 {
-        return Err(HttpError::Status(status));
-    }
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(
-                value
-                    .trim()
-                    .parse::<usize>()
-                    .map_err(|_| HttpError::Malformed("content-length"))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().contains("chunked")
-        {
-            chunked = true;
-        }
-    }
-    let body = &raw[head_end + 4..];
-    let body = if chunked {
-        dechunk(body)?
-    } else if let Some(len) = content_length {
-        if body.len() < len {
-            return Err(HttpError::Malformed("body shorter than content-length"));
-        }
-        body[..len].to_vec()
-    } else {
-        body.to_vec()
+    .map_err(|_| HttpError::Malformed("request"))?;
+    let limits = Limits {
+        timeout: MAX_TIME,
+        max_body: Some(max_body),
     };
-    if body.len() > max_body {
-        return Err(HttpError::TooLarge);
-    }
-    Ok(body)
-}
-
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, HttpError> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(data, b"\r\n").ok_or(HttpError::Malformed("chunk size"))?;
-        let size_text = std::str::from_utf8(&data[..line_end])
-            .map_err(|_| HttpError::Malformed("chunk size"))?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size =
-            usize::from_str_radix(size_text, 16).map_err(|_| HttpError::Malformed("chunk size"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size + 2 {
-            return Err(HttpError::Malformed("truncated chunk"));
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
+    match portcullis_http_client::send(stream, request, limits).await {
+        Ok(r) if r.status == http::StatusCode::OK => Ok(r.body.to_vec()),
+        Ok(r) => Err(HttpError::Status(r.status.as_u16())),
+        Err(ClientError::TooLarge(_)) => Err(HttpError::TooLarge),
+        Err(e) => Err(HttpError::Client(e.to_string())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn parses_urls() {
@@ -280,20 +178,45 @@ mod tests {
         assert!(HttpUrl::parse("http://host/a b").is_none());
     }
 
-    #[test]
-    fn parses_responses() {
-        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef";
-        assert_eq!(parse_response(r, 10).unwrap(), b"abc");
-        assert_eq!(complete_response(r), Some(r.len() - 3));
-        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(r, 10).unwrap(), b"abcde");
-        let r = b"HTTP/1.0 200 OK\r\n\r\nabc";
-        assert_eq!(parse_response(r, 10).unwrap(), b"abc");
-        assert!(matches!(parse_response(r, 2), Err(HttpError::TooLarge)));
-        let r = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
-        assert!(matches!(parse_response(r, 10), Err(HttpError::Status(404))));
-        assert!(parse_response(b"garbage", 10).is_err());
-        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc";
-        assert!(parse_response(r, 10).is_err());
+    /// A server that answers any request with `reply` verbatim.
+    async fn raw_server(reply: &'static [u8]) -> HttpUrl {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(reply).await;
+        });
+        HttpUrl::parse(&format!("http://127.0.0.1:{port}/ca.crl")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_hostile_chunk_size_is_refused_without_a_panic() {
+        let url = raw_server(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nx\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(fetch(&url, None, 1 << 20).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn only_a_bounded_200_body_is_returned() {
+        let url = raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc").await;
+        assert_eq!(fetch(&url, None, 10).await.unwrap(), b"abc");
+        let url = raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc").await;
+        assert!(matches!(
+            fetch(&url, None, 2).await,
+            Err(HttpError::TooLarge)
+        ));
+        let url = raw_server(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(matches!(
+            fetch(&url, None, 10).await,
+            Err(HttpError::Status(404))
+        ));
+        let url = raw_server(b"garbage\r\n\r\n").await;
+        assert!(fetch(&url, None, 10).await.is_err());
+        let url = raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc").await;
+        assert!(fetch(&url, None, 10).await.is_err());
     }
 }
