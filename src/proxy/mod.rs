@@ -482,7 +482,7 @@ impl ProxyHttp for GatewayProxy {
             return Ok(true);
         };
         ctx.matched_len = m.matched_len;
-        if !route_rt.plugins.is_empty() {
+        if route_rt.plugins.phases().contains(Phases::URI_CAPTURES) {
             ctx.plugin.uri_captures = uri_captures(&m, &session.req_header().uri);
         }
         ctx.plugin.route = Some(route_rt.route.name.clone());
@@ -1083,7 +1083,8 @@ impl ProxyHttp for GatewayProxy {
 }
 
 /// The groups a regex route path captured, for plugins (Kong's `uri_captures`). Only routes
-/// with plugins pay for it: the router itself only asks whether the regex matches.
+/// with a plugin that asked for them pay for it: the router itself only asks whether the regex
+/// matches.
 fn uri_captures(
     m: &crate::routing::Match,
     uri: &http::Uri,

@@ -268,8 +268,8 @@ pub struct RequestCtx {
     pub upstream: Option<UpstreamInfo>,
     /// Free-form values plugins hand each other.
     pub shared: HashMap<&'static str, String>,
-    /// Capture groups of the matched route's regex path (Kong's `uri_captures`); `None` when
-    /// the route matched by prefix or without a path.
+    /// Capture groups of the matched route's regex path (Kong's `uri_captures`) when a plugin
+    /// of the route declared [`Phases::URI_CAPTURES`]; `None` for prefix or path-less routes.
     pub uri_captures: Option<Arc<UriCaptures>>,
     /// The gateway address the client connected to (Kong's `server_addr`/`server_port`).
     pub server_addr: Option<SocketAddr>,
@@ -522,6 +522,9 @@ impl Phases {
     pub const RESPONSE_BODY: Phases = Phases(1 << 6);
     /// [`Plugin::log`].
     pub const LOG: Phases = Phases(1 << 7);
+    /// Not a phase: the gateway fills [`RequestCtx::uri_captures`] from the route's regex path
+    /// (a second regex run, paid only by routes with a plugin that declares this).
+    pub const URI_CAPTURES: Phases = Phases(1 << 8);
 
     pub const fn union(self, other: Phases) -> Phases {
         Phases(self.0 | other.0)

@@ -93,6 +93,18 @@ pub struct RequestTransformer {
     headers: Ops,
     query: Ops,
     body: Ops,
+    /// Some template reads `uri_captures`: the gateway must fill them.
+    uses_captures: bool,
+}
+
+impl Ops {
+    fn templates(&self) -> impl Iterator<Item = &Template> {
+        self.replace
+            .iter()
+            .chain(&self.add)
+            .chain(&self.append)
+            .map(|p| &p.value)
+    }
 }
 
 /// Kong's `validate_header_name`.
@@ -278,12 +290,19 @@ impl RequestTransformer {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let uses_captures = uri
+            .iter()
+            .chain(headers.templates())
+            .chain(query.templates())
+            .chain(body.templates())
+            .any(Template::uses_captures);
         Ok(RequestTransformer {
             http_method,
             uri,
             headers,
             query,
             body,
+            uses_captures,
         })
     }
 
@@ -634,11 +653,14 @@ impl Plugin for RequestTransformer {
     }
 
     fn phases(&self) -> Phases {
+        let mut p = Phases::ACCESS;
         if self.needs_body() {
-            Phases::ACCESS | Phases::BUFFER_REQUEST_BODY
-        } else {
-            Phases::ACCESS
+            p = p | Phases::BUFFER_REQUEST_BODY;
         }
+        if self.uses_captures {
+            p = p | Phases::URI_CAPTURES;
+        }
+        p
     }
 
     async fn access(&self, req: &RequestView<'_>, ctx: &mut RequestCtx) -> Flow {
@@ -763,6 +785,8 @@ mod tests {
             "append": {"headers": ["x-rep:more"]},
         }));
         assert_eq!(p.phases(), Phases::ACCESS);
+        let q = plugin(json!({"add": {"headers": ["x-id:$(uri_captures[1] or 'none')"]}}));
+        assert_eq!(q.phases(), Phases::ACCESS | Phases::URI_CAPTURES);
         let ctx = run(
             &p,
             "/",
@@ -815,6 +839,7 @@ mod tests {
             "append": {"body": ["s:2"]},
         }));
         assert!(p.phases().contains(Phases::BUFFER_REQUEST_BODY));
+        assert!(!p.phases().contains(Phases::URI_CAPTURES));
         let ctx = run(
             &p,
             "/?q=Q",

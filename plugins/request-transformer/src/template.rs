@@ -56,6 +56,16 @@ impl Template {
         Ok(Template(parts))
     }
 
+    /// Whether some lookup reads the route's regex captures.
+    pub fn uses_captures(&self) -> bool {
+        self.0.iter().any(|p| match p {
+            Part::Expr(alts) => alts
+                .iter()
+                .any(|l| matches!(l, Lookup::CaptureName(_) | Lookup::CaptureIndex(_))),
+            Part::Text(_) => false,
+        })
+    }
+
     /// An empty value (`x-header:`).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
