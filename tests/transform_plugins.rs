@@ -375,7 +375,8 @@ fn request_transformer_method_and_uri() {
   url: {url}
   routes:
   - name: v1
-    paths: ["~/v1/(?<thing>[a-z]+)"]
+    # The captures come from the path that matched, not the route's first one.
+    paths: [/unrelated-prefix, "~/v1/(?<thing>[a-z]+)"]
     plugins:
     - name: request-transformer
       config:
@@ -499,6 +500,12 @@ fn correlation_id_generators_and_echo() {
     plugins:
     - name: correlation-id
       config: {{generator: tracker, echo_downstream: true}}
+  - name: closed
+    paths: [/closed]
+    plugins:
+    - name: correlation-id
+      config: {{echo_downstream: true}}
+    - name: request-termination
 "#,
         url = echo.url()
     ));
@@ -535,6 +542,13 @@ fn correlation_id_generators_and_echo() {
         "{id}"
     );
     assert_eq!(r.header("kong-request-id"), Some(id.as_str()));
+
+    // Echoed on the gateway's own answers too.
+    let r = at("/closed").header("Kong-Request-ID: on-503").run();
+    assert_error_body(&r, 503, "The upstream server is currently unavailable");
+    assert_eq!(r.header("kong-request-id"), Some("on-503"));
+    let r = at("/closed").run();
+    assert!(r.header("kong-request-id").is_some_and(|v| v.contains('#')));
 }
 
 #[test]
