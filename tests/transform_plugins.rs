@@ -607,3 +607,52 @@ fn bad_configuration_is_located() {
         );
     }
 }
+
+#[test]
+fn cors_headers_on_an_authentication_plugins_401() {
+    let pki = Pki::new();
+    let echo = HttpEcho::start("echo");
+    let yaml = format!(
+        r#"ca_certificates:
+- name: clients
+  cert_file: certs/root.crt
+services:
+- name: echo
+  url: {url}
+  routes:
+  - name: private
+    paths: [/private]
+    plugins:
+    - name: cors
+      config: {{origins: ["http://app.test"], credentials: true}}
+    - name: mtls-auth
+      config: {{ca_certificates: [clients]}}
+"#,
+        url = echo.url()
+    );
+    let gw = Gateway::builder()
+        .file("certs/root.crt", &pki.root.cert_pem)
+        .file("gateway.yaml", yaml)
+        .start();
+    // No client certificate: mtls-auth answers 401, and cors's header phase still runs.
+    let r = Curl::at("http", "example.com", gw.http_port(), "/private")
+        .header("Origin: http://app.test")
+        .run();
+    assert_error_body(&r, 401, "No required TLS certificate was sent");
+    assert_eq!(
+        cors_headers(&r),
+        pairs(&[
+            ("access-control-allow-origin", "http://app.test"),
+            ("access-control-allow-credentials", "true"),
+            ("vary", "Origin"),
+        ])
+    );
+    // A preflight needs no certificate: cors (2000) answers before mtls-auth (1600).
+    let r = preflight(&gw, "/private", "http://app.test").run();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://app.test")
+    );
+    assert_eq!(echo.requests(), 0);
+}
