@@ -656,3 +656,38 @@ services:
     );
     assert_eq!(echo.requests(), 0);
 }
+
+#[test]
+fn correlation_id_appears_in_log_records() {
+    let echo = HttpEcho::start("echo");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let gw = Gateway::start(&format!(
+        r#"services:
+- name: echo
+  url: {url}
+  routes:
+  - name: logged
+    paths: [/logged]
+    plugins:
+    - name: correlation-id
+      config: {{generator: uuid}}
+    - name: file-log
+      config: {{path: {path}}}
+"#,
+        url = echo.url(),
+        path = path.display()
+    ));
+    let r = Curl::at("http", "example.com", gw.http_port(), "/logged").run();
+    let id = r.echo_header("kong-request-id").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let record: Value = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str(line).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no log record");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(record["correlation_id"], id.as_str(), "{record}");
+}
