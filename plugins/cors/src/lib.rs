@@ -52,10 +52,6 @@ struct Config {
     preflight_continue: bool,
     #[serde(default = "yes", deserialize_with = "required_bool")]
     allow_origin_absent: bool,
-    /// Kong 2.x's field, still in old exports.
-    #[serde(default)]
-    #[allow(dead_code)]
-    run_on: Option<String>,
 }
 
 fn default_methods() -> Option<Vec<String>> {
