@@ -31,6 +31,10 @@ pub fn registry() -> Vec<Box<dyn PluginFactory>> {
         Box::new(portcullis_rate_limiting::Factory),
         Box::new(portcullis_request_size_limiting::Factory),
         Box::new(portcullis_ip_restriction::Factory),
+        Box::new(portcullis_cors::Factory),
+        Box::new(portcullis_request_transformer::Factory),
+        Box::new(portcullis_response_transformer::Factory),
+        Box::new(portcullis_correlation_id::Factory),
     ]
 }
 

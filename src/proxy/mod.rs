@@ -406,6 +406,7 @@ impl ProxyHttp for GatewayProxy {
                 &rt.config.server.trusted_proxies,
             )
         });
+        ctx.plugin.server_addr = session.server_addr().and_then(|a| a.as_inet()).copied();
 
         // Route (and forward) the normalised path, as Kong does: otherwise `/public/../private`
         // would take the public route's plugins and reach /private upstream.
@@ -489,6 +490,9 @@ impl ProxyHttp for GatewayProxy {
             return Ok(true);
         };
         ctx.matched_len = m.matched_len;
+        if route_rt.plugins.phases().contains(Phases::URI_CAPTURES) {
+            ctx.plugin.uri_captures = uri_captures(&m, &session.req_header().uri);
+        }
         ctx.plugin.route = Some(route_rt.route.name.clone());
         ctx.plugin.service = Some(route_rt.route.service.name.clone());
         ctx.route = Some(route_rt.clone());
@@ -1091,6 +1095,33 @@ impl ProxyHttp for GatewayProxy {
             "request"
         );
     }
+}
+
+/// The groups a regex route path captured, for plugins (Kong's `uri_captures`). Only routes
+/// with a plugin that asked for them pay for it: the router itself only asks whether the regex
+/// matches.
+fn uri_captures(
+    m: &crate::routing::Match,
+    uri: &http::Uri,
+) -> Option<Arc<portcullis_plugin_api::UriCaptures>> {
+    let crate::config::model::PathSpec::Regex { re, .. } = m.route.paths.get(m.path_index?)? else {
+        return None;
+    };
+    let caps = re.captures(uri.path())?;
+    let unnamed = caps
+        .iter()
+        .skip(1)
+        .map(|g| g.map(|g| g.as_str().to_string()))
+        .collect();
+    let named = re
+        .capture_names()
+        .flatten()
+        .filter_map(|n| Some((n.to_string(), caps.name(n)?.as_str().to_string())))
+        .collect();
+    Some(Arc::new(portcullis_plugin_api::UriCaptures {
+        unnamed,
+        named,
+    }))
 }
 
 /// `example.com:8000` → `example.com`; `[::1]:8000` → `[::1]`.

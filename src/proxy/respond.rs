@@ -159,14 +159,18 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, spec: ResponseSpec) -> R
                         super::json_body(m, &rid),
                         "application/json; charset=utf-8".into(),
                     ),
-                    (None, None) => (bytes::Bytes::new(), "text/plain".into()),
+                    // Kong's `kong.response.exit(status)` without a body sends no Content-Type
+                    // (its proxy's `default_type` is empty): a CORS preflight answer has none.
+                    (None, None) => (bytes::Bytes::new(), String::new()),
                 };
                 (p.status, body, ct, p.headers.clone())
             }
         };
     ctx.responded = Some(status);
     let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    if !content_type.is_empty() {
+        resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    }
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header("x-request-id", rid.as_str())?;
     resp.insert_header(http::header::SERVER, "portcullis")?;

@@ -51,6 +51,8 @@ struct Entry {
     plain: bool,
     /// `protocols` has `https` or `grpcs`: requests over TLS may match.
     secure: bool,
+    /// Which of the route's `paths` this entry is (`None` for a path-less route).
+    path_index: Option<usize>,
 }
 
 /// A route and how much of the path it matched.
@@ -59,6 +61,8 @@ pub struct Match {
     pub route: Arc<Route>,
     /// Bytes at the start of the path matched by the route's path (what `strip_path` removes).
     pub matched_len: usize,
+    /// Index of the matching entry in the route's `paths` (to recover regex captures).
+    pub path_index: Option<usize>,
 }
 
 /// The outcome of routing one request.
@@ -195,7 +199,8 @@ impl Router {
                     })
                     .collect()
             };
-            for path in paths {
+            for (i, path) in paths.into_iter().enumerate() {
+                let path_index = (!r.paths.is_empty()).then_some(i);
                 // Sort key, ascending: more attribute categories first, more headers first,
                 // plain hosts before wildcards, regex paths (by regex_priority) before prefix
                 // paths (longest first), then configuration order.
@@ -238,6 +243,7 @@ impl Router {
                         has_hosts: !r.hosts.is_empty(),
                         plain: r.protocols.http || r.protocols.grpc,
                         secure: r.protocols.https || r.protocols.grpcs,
+                        path_index,
                     },
                     key,
                 });
@@ -420,6 +426,7 @@ impl Router {
                     Some((entry, len)) => Routed::UseHttps(Match {
                         route: entry.route.clone(),
                         matched_len: len,
+                        path_index: entry.path_index,
                     }),
                     None => Routed::NoRoute,
                 };
@@ -438,6 +445,7 @@ impl Router {
                 return Routed::Route(Match {
                     route: entry.route.clone(),
                     matched_len: len,
+                    path_index: entry.path_index,
                 });
             }
         }
@@ -464,6 +472,7 @@ impl Router {
             Some(Match {
                 route: e.route.clone(),
                 matched_len: len,
+                path_index: e.path_index,
             })
         })
     }

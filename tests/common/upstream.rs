@@ -5,7 +5,9 @@
 //! observe what the gateway sent upstream (path, headers, client certificate, SNI...).
 //!
 //! Request headers that steer an echo (passed through the gateway like any header):
-//! `x-echo-delay-ms: N` delays the answer, `x-echo-status: N` sets the status code.
+//! `x-echo-delay-ms: N` delays the answer, `x-echo-status: N` sets the status code,
+//! `x-echo-content-type: T` replaces `application/json`, `x-echo-header: name: value` (repeatable)
+//! adds a response header, `x-echo-chunked: 1` sends the body chunked in several pieces.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -142,8 +144,9 @@ impl Drop for Running {
 
 /// Plain HTTP/1.1 keep-alive echo server.
 ///
-/// Answers `{"method","path","query","headers":{lowercase name: value},"body_len","server",
-/// "tls":false,"conn_requests"}`; repeated headers are joined with `, `.
+/// Answers `{"method","path","query","headers":{lowercase name: value},"body_len","body","server",
+/// "tls":false,"conn_requests"}`; repeated headers are joined with `, `; `body` is the request
+/// body as text.
 #[allow(dead_code)]
 pub struct HttpEcho {
     shared: Arc<Shared>,
@@ -479,10 +482,11 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         };
-        let body_len = match read_body(&mut stream, &mut buf, &head.headers).await {
-            Some(n) => n,
+        let request_body = match read_body(&mut stream, &mut buf, &head.headers).await {
+            Some(b) => b,
             None => return,
         };
+        let body_len = request_body.len();
         conn_requests += 1;
         shared.stats.requests.fetch_add(1, Ordering::SeqCst);
 
@@ -527,6 +531,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
                     "query": query,
                     "headers": headers,
                     "body_len": body_len,
+                    "body": String::from_utf8_lossy(&request_body),
                     "server": shared.name,
                     "tls": info.tls,
                     "sni": info.sni,
@@ -536,14 +541,40 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let body = body.to_string();
-        let response = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-echo-server: {}\r\n{}\r\n{body}",
+        let content_type =
+            header("x-echo-content-type").unwrap_or_else(|| "application/json".to_string());
+        let mut extra = String::new();
+        for (k, v) in &head.headers {
+            if k == "x-echo-header" {
+                extra.push_str(v);
+                extra.push_str("\r\n");
+            }
+        }
+        let chunked = header("x-echo-chunked").is_some();
+        let (framing, payload) = if chunked {
+            // Three pieces, so the gateway sees the body in several chunks.
+            let b = body.as_bytes();
+            let third = b.len() / 3;
+            let mut p = Vec::new();
+            for piece in [&b[..third], &b[third..2 * third], &b[2 * third..]] {
+                p.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                p.extend_from_slice(piece);
+                p.extend_from_slice(b"\r\n");
+            }
+            p.extend_from_slice(b"0\r\n\r\n");
+            ("transfer-encoding: chunked".to_string(), p)
+        } else {
+            (format!("content-length: {}", body.len()), body.into_bytes())
+        };
+        let mut response = format!(
+            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\n{framing}\r\nx-echo-server: {}\r\n{extra}{}\r\n",
             reason(status),
-            body.len(),
             shared.name,
             if head.keep_alive { "" } else { "connection: close\r\n" },
-        );
-        if stream.write_all(response.as_bytes()).await.is_err() {
+        )
+        .into_bytes();
+        response.extend_from_slice(&payload);
+        if stream.write_all(&response).await.is_err() {
             return;
         }
         let _ = stream.flush().await;
@@ -652,17 +683,17 @@ async fn read_line<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> O
     }
 }
 
-/// Reads and discards the body, returning its length; `None` if the connection broke.
+/// Reads the body; `None` if the connection broke.
 async fn read_body<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     headers: &[(String, String)],
-) -> Option<usize> {
+) -> Option<Vec<u8>> {
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
     if chunked {
-        let mut total = 0usize;
+        let mut total = Vec::new();
         loop {
             let line = read_line(stream, buf).await?;
             let size_hex = line.split(';').next().unwrap_or("").trim();
@@ -679,8 +710,8 @@ async fn read_body<S: AsyncRead + Unpin>(
             if !fill(stream, buf, size + 2).await {
                 return None;
             }
+            total.extend_from_slice(&buf[..size]);
             buf.drain(..size + 2);
-            total += size;
         }
     }
     let len = headers
@@ -691,8 +722,7 @@ async fn read_body<S: AsyncRead + Unpin>(
     if !fill(stream, buf, len).await {
         return None;
     }
-    buf.drain(..len);
-    Some(len)
+    Some(buf.drain(..len).collect())
 }
 
 /// Address helper for tests that want a `SocketAddr`.

@@ -268,8 +268,40 @@ pub struct RequestCtx {
     pub upstream: Option<UpstreamInfo>,
     /// Free-form values plugins hand each other.
     pub shared: HashMap<&'static str, String>,
+    /// Capture groups of the matched route's regex path (Kong's `uri_captures`) when a plugin
+    /// of the route declared [`Phases::URI_CAPTURES`]; `None` for prefix or path-less routes.
+    pub uri_captures: Option<Arc<UriCaptures>>,
+    /// The gateway address the client connected to (Kong's `server_addr`/`server_port`).
+    pub server_addr: Option<SocketAddr>,
     /// Typed per-request values (a plugin's own state between phases, or values for others).
     pub extensions: http::Extensions,
+}
+
+/// The groups a regex route path captured, as Kong's router exposes them to plugins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UriCaptures {
+    /// Group 1, 2, … in order (`uri_captures[1]`); `None` for a group that did not take part.
+    pub unnamed: Vec<Option<String>>,
+    /// Named groups (`(?<version>…)`) that matched, in pattern order.
+    pub named: Vec<(String, String)>,
+}
+
+impl UriCaptures {
+    /// A named group's value.
+    pub fn named(&self, name: &str) -> Option<&str> {
+        self.named
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Group `index` (1-based, as Lua counts).
+    pub fn index(&self, index: usize) -> Option<&str> {
+        index
+            .checked_sub(1)
+            .and_then(|i| self.unnamed.get(i))
+            .and_then(|v| v.as_deref())
+    }
 }
 
 /// How the request line sent upstream differs from the client's.
@@ -490,6 +522,9 @@ impl Phases {
     pub const RESPONSE_BODY: Phases = Phases(1 << 6);
     /// [`Plugin::log`].
     pub const LOG: Phases = Phases(1 << 7);
+    /// Not a phase: the gateway fills [`RequestCtx::uri_captures`] from the route's regex path
+    /// (a second regex run, paid only by routes with a plugin that declares this).
+    pub const URI_CAPTURES: Phases = Phases(1 << 8);
 
     pub const fn union(self, other: Phases) -> Phases {
         Phases(self.0 | other.0)

@@ -189,6 +189,10 @@ pub fn kong_record(entry: &LogEntry<'_>, ctx: &RequestCtx) -> Value {
     if let Some(e) = entry.error {
         m.insert("error".into(), Value::from(e));
     }
+    // correlation-id's `kong.log.set_serialize_value("correlation_id", …)`.
+    if let Some(id) = ctx.shared.get("correlation_id") {
+        m.insert("correlation_id".into(), Value::from(id.as_str()));
+    }
     rec
 }
 
@@ -254,5 +258,8 @@ mod tests {
         assert_eq!(r["authenticated_entity"]["id"], "cred-1");
         assert_eq!(r["client_ip"], "127.0.0.9");
         assert_eq!(r["upstream_uri"], "/up");
+        assert_eq!(r.get("correlation_id"), None);
+        ctx.shared.insert("correlation_id", "abc#1".into());
+        assert_eq!(kong_record(&entry, &ctx)["correlation_id"], "abc#1");
     }
 }
