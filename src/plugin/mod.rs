@@ -26,6 +26,9 @@ pub fn registry() -> Vec<Box<dyn PluginFactory>> {
         Box::new(portcullis_loggers::HttpLogFactory),
         Box::new(portcullis_loggers::TcpLogFactory),
         Box::new(portcullis_loggers::UdpLogFactory),
+        Box::new(portcullis_key_auth::Factory),
+        Box::new(portcullis_basic_auth::Factory),
+        Box::new(portcullis_jwt::Factory),
         #[cfg(feature = "test-plugins")]
         Box::new(portcullis_testkit::Factory),
         Box::new(portcullis_rate_limiting::Factory),
