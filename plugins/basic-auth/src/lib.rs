@@ -282,10 +282,10 @@ impl BasicAuth {
         if tokio::runtime::Handle::try_current().is_err() {
             return verify(&hashed, &password);
         }
-        match tokio::task::spawn_blocking(move || verify(&hashed, &password)).await {
-            Ok(ok) => ok,
-            Err(_) => false,
-        }
+        // A panicked or cancelled hashing task counts as a wrong password.
+        tokio::task::spawn_blocking(move || verify(&hashed, &password))
+            .await
+            .unwrap_or_default()
     }
 
     async fn authenticate(

@@ -138,9 +138,21 @@ impl Algorithm {
             Algorithm::RS256 => jws::RS256.verifier_from_pem(pem).map(|v| Box::new(v) as _),
             Algorithm::RS384 => jws::RS384.verifier_from_pem(pem).map(|v| Box::new(v) as _),
             Algorithm::RS512 => jws::RS512.verifier_from_pem(pem).map(|v| Box::new(v) as _),
-            Algorithm::PS256 => jws::PS256.verifier_from_pem(pem).map(|v| Box::new(v) as _),
-            Algorithm::PS384 => jws::PS384.verifier_from_pem(pem).map(|v| Box::new(v) as _),
-            Algorithm::PS512 => jws::PS512.verifier_from_pem(pem).map(|v| Box::new(v) as _),
+            Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
+                let alg = match self {
+                    Algorithm::PS256 => jws::PS256,
+                    Algorithm::PS384 => jws::PS384,
+                    _ => jws::PS512,
+                };
+                // josekit takes an SPKI only with the RSASSA-PSS OID; Kong's keys are plain RSA
+                // keys, which josekit accepts in their PKCS#1 form.
+                alg.verifier_from_pem(pem)
+                    .or_else(|e| match pkcs1_pem(pem) {
+                        Some(pkcs1) => alg.verifier_from_pem(pkcs1),
+                        None => Err(e),
+                    })
+                    .map(|v| Box::new(v) as _)
+            }
             Algorithm::ES256 => jws::ES256.verifier_from_pem(pem).map(|v| Box::new(v) as _),
             Algorithm::ES384 => jws::ES384.verifier_from_pem(pem).map(|v| Box::new(v) as _),
             Algorithm::ES512 => jws::ES512.verifier_from_pem(pem).map(|v| Box::new(v) as _),
@@ -152,6 +164,12 @@ impl Algorithm {
             other => other.to_string(),
         })
     }
+}
+
+/// A plain RSA public key (SPKI) re-encoded as PKCS#1 `RSA PUBLIC KEY`.
+fn pkcs1_pem(pem: &[u8]) -> Option<Vec<u8>> {
+    let key = openssl::pkey::PKey::public_key_from_pem(pem).ok()?;
+    key.rsa().ok()?.public_key_to_pem_pkcs1().ok()
 }
 
 #[derive(Deserialize)]
@@ -456,7 +474,7 @@ impl Jwt {
                     None => (pair, None),
                 };
                 let k = portcullis_plugin_api::percent_decode(k);
-                if !self.uri_param_names.iter().any(|n| *n == k) {
+                if !self.uri_param_names.contains(&k) {
                     continue;
                 }
                 match v.map(portcullis_plugin_api::percent_decode) {
