@@ -1006,6 +1006,14 @@ fn plugin_credentials(
             continue;
         };
         let fields = pc.fields();
+        // Kong's entity `ttl` counts from creation in the database; a file has no creation time.
+        if let Some(k) = pc.node.locate_key("ttl") {
+            d.warn(
+                &k.loc,
+                &format!("{}.ttl", pc.path),
+                "ttl is accepted and ignored: credentials from a file do not expire",
+            );
+        }
         let errors = (kind.validate)(&fields);
         if !errors.is_empty() {
             for e in errors {

@@ -65,7 +65,7 @@ fn yes() -> bool {
 struct RawCredential {
     key: NonEmpty,
     /// Kong expires keys after `ttl` seconds from creation; a file has no creation time, so it
-    /// is accepted and ignored (with a warning at load).
+    /// is accepted and ignored (the loader warns about it at its location).
     #[serde(default)]
     ttl: Option<u64>,
 }
@@ -191,13 +191,6 @@ impl KeyAuth {
         let mut keys = HashMap::new();
         for cred in ctx.credentials_of(COLLECTION) {
             let Some(key) = cred.str("key") else { continue };
-            if cred.fields.get("ttl").is_some_and(|t| !t.is_null()) {
-                tracing::warn!(
-                    plugin = NAME,
-                    credential = %cred.id,
-                    "keyauth_credentials ttl is ignored: keys from a file do not expire"
-                );
-            }
             keys.insert(
                 openssl::sha::sha256(key.as_bytes()),
                 KeyEntry {
