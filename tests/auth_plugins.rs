@@ -251,6 +251,9 @@ fn setup() -> Setup {
 {ed}
   - key: alice-b64
     secret: c2VjcmV0LWJ5dGVz
+  hmacauth_credentials:
+  - username: alice-hmac
+    secret: alice-hmac-key
 - username: bob
   acls: [{{group: users}}]
 - username: carol
@@ -280,10 +283,29 @@ jwt_secrets:
 - consumer: carol
   key: carol-hs
   secret: carol-secret
+hmacauth_credentials:
+- consumer: bob
+  username: bob-hmac
+  secret: bob-hmac-key
 services:
 - name: echo
   url: {url}
   routes:
+  - name: hmac
+    paths: [/hmac]
+    plugins:
+    - name: hmac-auth
+  - name: hmac-strict
+    paths: [/hmac-strict]
+    plugins:
+    - name: hmac-auth
+      config:
+        enforce_headers: [date, request-line]
+        algorithms: [hmac-sha256, hmac-sha512]
+        validate_request_body: true
+        hide_credentials: true
+        clock_skew: 60
+        realm: signed
   - name: key
     paths: [/key]
     plugins:
@@ -528,8 +550,15 @@ fn key_auth_identifies_by_header_query_and_body_with_kong_messages() {
         !metrics.contains("alice-key") && !log.contains("alice-key"),
         "a key was logged"
     );
-    // bob's credential has a `ttl`: accepted, and the operator is told it is ignored.
-    assert!(log.contains("keyauth_credentials ttl is ignored"), "{log}");
+    // bob's credential has a `ttl`: accepted, and the operator is told where it is ignored.
+    let out = check(s.gw.conf());
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.all().lines().any(|l| l.contains("conf/gateway.yaml:")
+            && l.contains("keyauth_credentials[0].ttl: warning: ttl is accepted and ignored")),
+        "{}",
+        out.all()
+    );
 }
 
 #[test]
@@ -1037,5 +1066,197 @@ services:
     assert!(
         !all.contains("orphan") && !all.contains(": same"),
         "a key value was printed:\n{all}"
+    );
+}
+
+/// An HMAC computed by Python's `hmac` module, base64.
+fn python_hmac(alg: &str, secret: &str, data: &str) -> String {
+    let script = format!(
+        "import sys,hmac,hashlib,base64;sys.stdout.write(base64.b64encode(hmac.new({secret:?}.encode(),sys.stdin.buffer.read(),hashlib.{alg}).digest()).decode())"
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(data.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn hmac_header(user: &str, alg: &str, headers: &str, signature: &str) -> String {
+    format!(
+        r#"hmac username="{user}", algorithm="{alg}", headers="{headers}", signature="{signature}""#
+    )
+}
+
+#[test]
+fn hmac_auth_checks_signature_date_enforced_headers_and_digest() {
+    let s = setup();
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    let sign = |alg: &str, secret: &str, data: &str| python_hmac(alg, secret, data);
+
+    let signing = format!("date: {date}\nGET /hmac/x?a=1 HTTP/1.1");
+    let auth = hmac_header(
+        "alice-hmac",
+        "hmac-sha256",
+        "date request-line",
+        &sign("sha256", "alice-hmac-key", &signing),
+    );
+    let r = s
+        .at("/hmac/x?a=1")
+        .header(&format!("Date: {date}"))
+        .header(&format!("Authorization: {auth}"))
+        .run();
+    assert_identified(&r, "alice", "alice-hmac");
+    assert!(
+        r.echo_header("authorization").is_some(),
+        "not hidden by default"
+    );
+
+    // A top-level credential, Proxy-Authorization, X-Date, hmac-sha1 and @request-target.
+    let signing = format!("x-date: {date}\n@request-target: get /hmac");
+    let auth = hmac_header(
+        "bob-hmac",
+        "hmac-sha1",
+        "x-date @request-target",
+        &sign("sha1", "bob-hmac-key", &signing),
+    );
+    let r = s
+        .at("/hmac")
+        .header(&format!("X-Date: {date}"))
+        .header(&format!("Proxy-Authorization: {auth}"))
+        .run();
+    assert_identified(&r, "bob", "bob-hmac");
+
+    let hmac = "hmac";
+    assert_401(&s.at("/hmac").run(), "Unauthorized", hmac);
+    let no_date = "HMAC signature cannot be verified, a valid date or x-date header is required for HMAC Authentication";
+    let signing = format!("date: {date}");
+    let good = hmac_header(
+        "alice-hmac",
+        "hmac-sha256",
+        "date",
+        &sign("sha256", "alice-hmac-key", &signing),
+    );
+    assert_401(
+        &s.at("/hmac")
+            .header(&format!("Authorization: {good}"))
+            .run(),
+        no_date,
+        hmac,
+    );
+    let old = httpdate::fmt_http_date(SystemTime::now() - std::time::Duration::from_secs(1000));
+    assert_401(
+        &s.at("/hmac")
+            .header(&format!("Date: {old}"))
+            .header(&format!("Authorization: {good}"))
+            .run(),
+        no_date,
+        hmac,
+    );
+    let with = |auth: &str| {
+        s.at("/hmac")
+            .header(&format!("Date: {date}"))
+            .header(&format!("Authorization: {auth}"))
+            .run()
+    };
+    assert_identified(&with(&good), "alice", "alice-hmac");
+    let wrong = hmac_header(
+        "alice-hmac",
+        "hmac-sha256",
+        "date",
+        &sign("sha256", "not-the-key", &signing),
+    );
+    assert_401(&with(&wrong), "HMAC signature does not match", hmac);
+    let unknown = hmac_header(
+        "mallory",
+        "hmac-sha256",
+        "date",
+        &sign("sha256", "alice-hmac-key", &signing),
+    );
+    assert_401(&with(&unknown), "HMAC signature cannot be verified", hmac);
+    assert_401(
+        &with("hmac garbage"),
+        "HMAC signature cannot be verified",
+        hmac,
+    );
+
+    // enforce_headers, algorithms, body digest, hide_credentials, realm.
+    let strict = "hmac realm=\"signed\"";
+    let body = r#"{"order":42}"#;
+    let digest = format!(
+        "SHA-256={}",
+        openssl::base64::encode_block(&openssl::sha::sha256(body.as_bytes()))
+    );
+    let signing = format!("date: {date}\nPOST /hmac-strict HTTP/1.1\ndigest: {digest}");
+    let post = |auth: &str, digest: &str| {
+        s.at("/hmac-strict")
+            .method("POST")
+            .header("Content-Type: application/json")
+            .header(&format!("Date: {date}"))
+            .header(&format!("Digest: {digest}"))
+            .header(&format!("Authorization: {auth}"))
+            .data(body)
+            .run()
+    };
+    let auth = hmac_header(
+        "alice-hmac",
+        "hmac-sha512",
+        "date request-line digest",
+        &sign("sha512", "alice-hmac-key", &signing),
+    );
+    let r = post(&auth, &digest);
+    assert_identified(&r, "alice", "alice-hmac");
+    assert_eq!(
+        r.echo_header("authorization"),
+        None,
+        "Authorization reached the upstream"
+    );
+    assert_eq!(r.json()["body_len"], body.len());
+    // The digest header is signed but does not match the body.
+    let bad_digest = format!("SHA-256={}", openssl::base64::encode_block(&[0u8; 32]));
+    let signing_bad = format!("date: {date}\nPOST /hmac-strict HTTP/1.1\ndigest: {bad_digest}");
+    let auth_bad = hmac_header(
+        "alice-hmac",
+        "hmac-sha512",
+        "date request-line digest",
+        &sign("sha512", "alice-hmac-key", &signing_bad),
+    );
+    assert_401(
+        &post(&auth_bad, &bad_digest),
+        "HMAC signature does not match",
+        strict,
+    );
+    let sha1 = hmac_header(
+        "alice-hmac",
+        "hmac-sha1",
+        "date request-line digest",
+        &sign("sha1", "alice-hmac-key", &signing),
+    );
+    assert_401(
+        &post(&sha1, &digest),
+        "HMAC signature cannot be verified",
+        strict,
+    );
+    let signing_date = format!("date: {date}");
+    let partial = hmac_header(
+        "alice-hmac",
+        "hmac-sha256",
+        "date",
+        &sign("sha256", "alice-hmac-key", &signing_date),
+    );
+    assert_401(
+        &post(&partial, &digest),
+        "HMAC signature cannot be verified",
+        strict,
     );
 }

@@ -29,6 +29,7 @@ pub fn registry() -> Vec<Box<dyn PluginFactory>> {
         Box::new(portcullis_key_auth::Factory),
         Box::new(portcullis_basic_auth::Factory),
         Box::new(portcullis_jwt::Factory),
+        Box::new(portcullis_hmac_auth::Factory),
         #[cfg(feature = "test-plugins")]
         Box::new(portcullis_testkit::Factory),
         Box::new(portcullis_rate_limiting::Factory),
