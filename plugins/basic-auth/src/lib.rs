@@ -111,6 +111,13 @@ fn verify(hashed: &Hashed, password: &[u8]) -> bool {
 
 type HashKey = (String, [u8; 32]);
 
+/// Hashed against when the username is unknown, so that answer takes as long as a wrong
+/// password; made once per process.
+fn decoy() -> Hashed {
+    static DECOY: OnceLock<Hashed> = OnceLock::new();
+    *DECOY.get_or_init(|| hash_new(b"decoy"))
+}
+
 /// Hashes of configured passwords, process-wide, so a reload does not hash every credential
 /// again. Pruned at each build to the credentials of that configuration.
 fn hash_cache() -> &'static Mutex<HashMap<HashKey, Hashed>> {
@@ -139,9 +146,6 @@ pub struct BasicAuth {
     hide_credentials: bool,
     www_authenticate: String,
     users: HashMap<String, Arc<Entry>>,
-    /// Hashed against when the username is unknown, so that answer takes as long as a wrong
-    /// password.
-    decoy: Hashed,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
 }
 
@@ -250,7 +254,6 @@ impl BasicAuth {
             hide_credentials: raw.hide_credentials,
             www_authenticate: format!("Basic realm=\"{}\"", raw.realm),
             users,
-            decoy: hash_new(b"decoy"),
             verified: Mutex::new(HashMap::new()),
         })
     }
@@ -320,7 +323,7 @@ impl BasicAuth {
                 match self.users.get(username.as_str()) {
                     Some(e) => (e.clone(), password),
                     None => {
-                        let _ = self.verify_slow(self.decoy, password).await;
+                        let _ = self.verify_slow(decoy(), password).await;
                         return Err("invalid_credentials");
                     }
                 }
