@@ -1546,12 +1546,12 @@ snis:
     #[test]
     fn credentials_of_kong_plugins_not_provided_say_whose_they_are() {
         let (_, d) = read(
-            "consumers:\n- username: a\n  oauth2_credentials:\n  - client_id: x\njwt_secrets:\n- key: k\n  consumer: a\n",
+            "consumers:\n- username: a\n  oauth2_credentials:\n  - client_id: x\noauth2_tokens:\n- access_token: k\n  consumer: a\n",
         );
         let e: Vec<String> = d.errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(e.len(), 2, "{e:#?}");
         assert!(e.iter().any(|l| l.starts_with("conf/gateway.yaml:3:3: consumers[0].oauth2_credentials: `oauth2_credentials` are credentials of the Kong plugin `oauth2`, which Portcullis does not provide")), "{e:#?}");
-        assert!(e.iter().any(|l| l.starts_with("conf/gateway.yaml:5:1: jwt_secrets: `jwt_secrets` are credentials of the Kong plugin `jwt`")), "{e:#?}");
+        assert!(e.iter().any(|l| l.starts_with("conf/gateway.yaml:5:1: oauth2_tokens: `oauth2_tokens` are credentials of the Kong plugin `oauth2`")), "{e:#?}");
         assert!(!e.iter().any(|l| l.contains("did you mean")), "{e:#?}");
     }
 
