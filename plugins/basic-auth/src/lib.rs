@@ -104,6 +104,34 @@ fn hash_new(password: &[u8]) -> Hashed {
     }
 }
 
+/// Hashes each password, spread over the available cores.
+fn hash_all(todo: &[(&HashKey, &str)]) -> HashMap<HashKey, Hashed> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(todo.len().max(1));
+    let chunk = todo.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = todo
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(k, p)| ((*k).clone(), hash_new(p.as_bytes())))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // A panicked hashing thread leaves its credentials out: they fail to authenticate
+        // instead of the load crashing.
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok())
+            .flatten()
+            .collect()
+    })
+}
+
 fn verify(hashed: &Hashed, password: &[u8]) -> bool {
     let got = pbkdf2(password, &hashed.salt);
     got != [0u8; 32] && secure_eq(&got, &hashed.hash)
@@ -223,16 +251,18 @@ impl BasicAuth {
                 .filter_map(|(k, _, _)| cache.get(k).map(|h| (k.clone(), *h)))
                 .collect()
         };
+        // New passwords are hashed on every core: a first load with many credentials is
+        // PBKDF2-bound.
+        let todo: Vec<(&HashKey, &str)> = wanted
+            .iter()
+            .filter(|(k, _, _)| !known.contains_key(k))
+            .map(|(k, p, _)| (k, *p))
+            .collect();
+        let fresh = hash_all(&todo);
         let mut users = HashMap::with_capacity(wanted.len());
-        let mut fresh = Vec::new();
-        for (key, password, consumer) in &wanted {
-            let hashed = match known.get(key) {
-                Some(h) => *h,
-                None => {
-                    let h = hash_new(password.as_bytes());
-                    fresh.push((key.clone(), h));
-                    h
-                }
+        for (key, _, consumer) in &wanted {
+            let Some(hashed) = known.get(key).or_else(|| fresh.get(key)).copied() else {
+                continue;
             };
             users.insert(
                 key.0.clone(),
@@ -436,5 +466,16 @@ mod tests {
             a.hash, b.hash,
             "two credentials with one password get different hashes"
         );
+    }
+
+    #[test]
+    fn parallel_hashing_covers_every_credential() {
+        let keys: Vec<HashKey> = (0..3).map(|i| (format!("u{i}"), [i as u8; 32])).collect();
+        let todo: Vec<(&HashKey, &str)> = keys.iter().zip(["a", "b", "c"]).collect();
+        let out = hash_all(&todo);
+        assert_eq!(out.len(), 3);
+        assert!(verify(&out[&keys[1]], b"b"));
+        assert!(!verify(&out[&keys[1]], b"a"));
+        assert!(hash_all(&[]).is_empty());
     }
 }
