@@ -428,3 +428,49 @@ fn bad_logger_config_is_located() {
         "{all}"
     );
 }
+
+#[test]
+fn log_records_never_show_api_keys_or_tokens() {
+    let echo = HttpEcho::start("echo");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let gw = Gateway::start(&format!(
+        "consumers:\n- username: alice\n  keyauth_credentials:\n  - key: s3cret-key-value\nservices:\n- name: echo-svc\n  url: {}\n  routes:\n  - name: logged\n    paths: [/logged]\n    plugins:\n    - name: key-auth\n    - name: file-log\n      config:\n        path: {}\n",
+        echo.url(),
+        path.display()
+    ));
+    let at = |p: &str| Curl::at("http", "example.com", gw.http_port(), p);
+    assert_eq!(
+        at("/logged/h")
+            .header("apikey: s3cret-key-value")
+            .run()
+            .status,
+        200
+    );
+    assert_eq!(
+        at("/logged/q?apikey=s3cret-key-value&x=1").run().status,
+        200
+    );
+    assert_eq!(
+        at("/logged/bad")
+            .header("apikey: s3cret-wrong")
+            .run()
+            .status,
+        401
+    );
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    wait_until("3 records", Duration::from_secs(10), || {
+        read().lines().count() == 3
+    });
+    let text = read();
+    assert!(!text.contains("s3cret"), "a key reached the log: {text}");
+    let recs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs[0]["request"]["headers"]["apikey"], "REDACTED");
+    assert_eq!(recs[1]["request"]["querystring"]["apikey"], "REDACTED");
+    assert_eq!(recs[1]["request"]["querystring"]["x"], "1");
+    assert_eq!(recs[0]["consumer"]["username"], "alice");
+    assert_eq!(recs[2]["response"]["status"], 401);
+}

@@ -74,6 +74,28 @@ fn query_json(query: &str, redact: &[String]) -> Value {
     Value::Object(m)
 }
 
+/// `uri` with the values of the `redact` query arguments replaced by `REDACTED`.
+fn redact_uri(uri: &str, redact: &[String]) -> String {
+    let Some((path, query)) = uri.split_once('?') else {
+        return uri.to_string();
+    };
+    if redact.is_empty() {
+        return uri.to_string();
+    }
+    let kept: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+            if redact.iter().any(|r| *r == crate::percent_decode(k)) {
+                format!("{k}={REDACTED}")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect();
+    format!("{path}?{}", kept.join("&"))
+}
+
 /// The Kong log record of one request.
 pub fn kong_record(entry: &LogEntry<'_>, ctx: &RequestCtx) -> Value {
     let redact_h = ctx
@@ -97,22 +119,8 @@ pub fn kong_record(entry: &LogEntry<'_>, ctx: &RequestCtx) -> Value {
         .map(|p| p.as_str())
         .unwrap_or("/");
     let query = entry.uri.query().unwrap_or("");
-    let request_uri = if redact_q.is_empty() || query.is_empty() {
-        path_and_query.to_string()
-    } else {
-        let kept: Vec<String> = query
-            .split('&')
-            .map(|pair| {
-                let k = pair.split_once('=').map_or(pair, |(k, _)| k);
-                if redact_q.iter().any(|r| *r == crate::percent_decode(k)) {
-                    format!("{k}={REDACTED}")
-                } else {
-                    pair.to_string()
-                }
-            })
-            .collect();
-        format!("{}?{}", entry.uri.path(), kept.join("&"))
-    };
+    let request_uri = redact_uri(path_and_query, redact_q);
+    let upstream_uri = redact_uri(entry.upstream_uri.unwrap_or(""), redact_q);
     let started_ms = entry
         .started_at
         .duration_since(std::time::UNIX_EPOCH)
@@ -137,7 +145,7 @@ pub fn kong_record(entry: &LogEntry<'_>, ctx: &RequestCtx) -> Value {
             "headers": req_headers,
             "size": entry.request_body_bytes as usize + req_head_size,
         },
-        "upstream_uri": entry.upstream_uri.unwrap_or(""),
+        "upstream_uri": upstream_uri,
         "response": {
             "status": entry.status,
             "headers": resp_headers,
@@ -233,7 +241,7 @@ mod tests {
             started_at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1500),
             latency: 0.010,
             upstream_latency: Some(0.004),
-            upstream_uri: Some("/up"),
+            upstream_uri: Some("/up?jwt=tok"),
             tries: &[],
             error: None,
             scheme: "http",
@@ -257,7 +265,7 @@ mod tests {
         assert_eq!(r["consumer"]["username"], "alice");
         assert_eq!(r["authenticated_entity"]["id"], "cred-1");
         assert_eq!(r["client_ip"], "127.0.0.9");
-        assert_eq!(r["upstream_uri"], "/up");
+        assert_eq!(r["upstream_uri"], "/up?jwt=REDACTED");
         assert_eq!(r.get("correlation_id"), None);
         ctx.shared.insert("correlation_id", "abc#1".into());
         assert_eq!(kong_record(&entry, &ctx)["correlation_id"], "abc#1");

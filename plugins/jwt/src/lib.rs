@@ -706,6 +706,18 @@ impl Plugin for Jwt {
         if auth::skip_when_authenticated(ctx, self.anonymous.is_some()) {
             return Flow::Continue;
         }
+        // Log records (kong_record) never show a token, wherever the client put it.
+        ctx.extensions
+            .insert(portcullis_plugin_api::serialize::RedactHeaders(
+                self.header_names
+                    .iter()
+                    .map(|h| h.as_str().to_string())
+                    .collect(),
+            ));
+        ctx.extensions
+            .insert(portcullis_plugin_api::serialize::RedactQuery(
+                self.uri_param_names.clone(),
+            ));
         match self.authenticate(req, ctx) {
             Ok(()) => Flow::Continue,
             Err((reason, response)) => {

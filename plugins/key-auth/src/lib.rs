@@ -325,6 +325,18 @@ impl Plugin for KeyAuth {
         if auth::skip_when_authenticated(ctx, self.anonymous.is_some()) {
             return Flow::Continue;
         }
+        // Log records (kong_record) never show a key, wherever the client put it.
+        ctx.extensions
+            .insert(portcullis_plugin_api::serialize::RedactHeaders(
+                self.key_names
+                    .iter()
+                    .map(|(_, h)| h.as_str().to_string())
+                    .collect(),
+            ));
+        ctx.extensions
+            .insert(portcullis_plugin_api::serialize::RedactQuery(
+                self.key_names.iter().map(|(n, _)| n.clone()).collect(),
+            ));
         match self.authenticate(req, ctx) {
             Ok(entry) => {
                 let (consumer, id) = (entry.consumer.clone(), entry.credential_id.clone());
