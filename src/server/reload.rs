@@ -213,7 +213,7 @@ pub fn reload(gw: &Gateway) -> bool {
             super::log_config_warnings(&cfg);
             match super::build_runtime(cfg.clone(), gw.fallback_cert.clone(), Some(&old)) {
                 Ok(rt) => {
-                    let table = super::stream_table(&cfg, &rt.balancers);
+                    let table = super::stream_table(&rt);
                     gw.shared.store(Arc::new(rt));
                     gw.stream_table.store(Arc::new(table));
                     // Retired plugin instances send what they queued now, not whenever their
