@@ -641,3 +641,32 @@ fn check_refuses_stream_routes_kong_refuses() {
         assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
     }
 }
+
+#[test]
+fn check_warns_about_a_tcp_route_no_listener_serves() {
+    // Without `listeners`, the default TLS stream port serves tls routes; no plain TCP listener
+    // exists by default (as in Kong), so a tcp route is flagged, not refused.
+    let conf = ConfDir::new().with(
+        "gateway.yaml",
+        r#"services:
+- name: plain
+  url: tcp://127.0.0.1:9000
+  routes:
+  - name: by-port
+    protocols: [tcp]
+    destinations: [{port: 9000}]
+  - name: terminated
+    protocols: [tls]
+    snis: [demo.example.com]
+"#,
+    );
+    let out = check(&conf);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let all = out.all();
+    assert!(
+        all.contains("conf/gateway.yaml:5:5: services[0].routes[0]")
+            && all.contains("no stream listener serves this route: add a listeners.stream entry with `tls: false`"),
+        "{all}"
+    );
+    assert!(!all.contains("routes[1]"), "{all}");
+}

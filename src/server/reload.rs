@@ -208,7 +208,7 @@ pub fn reload(gw: &Gateway) -> bool {
                 tracing::warn!(warning = %w, "configuration warning");
             }
             if listener_addresses(&cfg) != listener_addresses(&old.config) {
-                tracing::warn!("listener addresses changed: they take effect after a restart (portcullis run --upgrade); the rest of the configuration is applied now");
+                tracing::warn!("listener addresses (or a stream listener's tls setting) changed: they take effect after a restart (portcullis run --upgrade); the rest of the configuration is applied now");
             }
             super::log_config_warnings(&cfg);
             match super::build_runtime(cfg.clone(), gw.fallback_cert.clone(), Some(&old)) {
@@ -254,7 +254,10 @@ pub fn reload(gw: &Gateway) -> bool {
     }
 }
 
-fn listener_addresses(c: &config::Config) -> (Vec<(String, bool)>, Vec<String>, Option<String>) {
+type ListenerSet = (Vec<(String, bool)>, Vec<(String, bool)>, Option<String>);
+
+/// What only a restart changes: addresses, and whether each listener speaks TLS.
+fn listener_addresses(c: &config::Config) -> ListenerSet {
     (
         c.listeners
             .proxy
@@ -264,7 +267,7 @@ fn listener_addresses(c: &config::Config) -> (Vec<(String, bool)>, Vec<String>, 
         c.listeners
             .stream
             .iter()
-            .map(|l| l.address.clone())
+            .map(|l| (l.address.clone(), l.tls))
             .collect(),
         c.listeners.status.clone(),
     )
