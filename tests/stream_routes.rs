@@ -306,6 +306,12 @@ services:
     assert_eq!(serial, demo.serial);
     assert_eq!(backend.connections(), 2);
 
+    // A client that does not trust the certificate aborts the handshake: nothing reaches the
+    // backend.
+    let err = tls_exchange(ports.tls, "demo.example.com", &pki.other_root.cert_path).unwrap_err();
+    assert!(err.contains("certificate verify failed"), "{err}");
+    assert_eq!(backend.connections(), 2);
+
     // A route of a disabled service serves nothing: the SNI is unknown.
     let err = tls_exchange(ports.tls, "off.example.com", root).unwrap_err();
     assert!(err.contains("unrecognized name"), "{err}");
@@ -317,6 +323,11 @@ services:
             "portcullis_stream_connections_total",
             &[("route", "demo-tls"), ("result", "closed")],
         ) >= 2.0
+            && metric(
+                &gw,
+                "portcullis_stream_connections_total",
+                &[("route", "demo-tls"), ("result", "tls_handshake_failed")],
+            ) == 1.0
             && value(
                 &gw.metrics(),
                 "portcullis_stream_active_connections",
