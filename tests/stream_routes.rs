@@ -3,8 +3,9 @@
 //! verifying it with the test CA), relaying to a plain TCP echo backend as in seed 001, or
 //! re-encrypting to a verified TLS backend (a backend with the wrong certificate is refused);
 //! `tcp` routes by source and destination on a plain stream listener with Kong's priorities;
-//! `tls_passthrough`, `tls` and `tcp` served together by one gateway (a KIC-style config); and
-//! `check` refusing stream routes Kong refuses.
+//! `tls_passthrough`, `tls` and `tcp` served together by one gateway (a KIC-style config); a
+//! reload swapping the certificate a `tls` route serves; and `check` refusing stream routes Kong
+//! refuses.
 
 mod common;
 
@@ -680,4 +681,32 @@ fn check_warns_about_a_tcp_route_no_listener_serves() {
         "{all}"
     );
     assert!(!all.contains("routes[1]"), "{all}");
+}
+
+#[test]
+fn reload_swaps_the_certificate_a_tls_route_terminates_with() {
+    let pki = Pki::new();
+    let first = pki.server_leaf("first", &["DNS:demo.example.com"]);
+    let second = pki.server_leaf("second", &["DNS:demo.example.com"]);
+    let backend = EchoBackend::plain(POD);
+    let entities = |cert: &str| {
+        format!(
+            "certificates:\n- name: demo\n  cert_file: certs/{cert}.crt\n  key_file: certs/{cert}.key\n  snis: [demo.example.com]\nservices:\n- name: tcp-echo\n  url: tcp://127.0.0.1:{}\n  routes:\n  - name: demo-tls\n    protocols: [tls]\n    snis: [demo.example.com]\n",
+            backend.port
+        )
+    };
+    let (gw, ports) = start(
+        &[("first", &first), ("second", &second)],
+        &entities("first"),
+    );
+    let root = &pki.root.cert_path;
+    let (_, serial) = tls_exchange(ports.tls, "demo.example.com", root).unwrap();
+    assert_eq!(serial, first.serial);
+
+    gw.conf().write("gateway.yaml", entities("second"));
+    wait_until("the new certificate", || {
+        tls_exchange(ports.tls, "demo.example.com", root)
+            .map(|(_, serial)| serial == second.serial)
+            .unwrap_or(false)
+    });
 }
