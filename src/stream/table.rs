@@ -749,6 +749,27 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_route_by_destination_serves_clients_without_sni() {
+        let mut by_port = spec("by-port", &[]);
+        by_port.kinds = StreamKinds {
+            terminate: true,
+            ..StreamKinds::default()
+        };
+        by_port.destinations = vec![net(None, Some(9443))];
+        let table = StreamTable::new(vec![spec("named", &["a.test"]), by_port]);
+        let conn = |sni| Incoming {
+            sni,
+            client: Some("127.0.0.1:5000".parse().unwrap()),
+            local: Some("127.0.0.1:9443".parse().unwrap()),
+        };
+        let name = |sni| table.lookup_tls(&conn(sni)).map(|r| r.name.to_string());
+        assert_eq!(name(None).as_deref(), Some("by-port"));
+        assert_eq!(name(Some("other.test")).as_deref(), Some("by-port"));
+        // SNI outranks destination.
+        assert_eq!(name(Some("a.test")).as_deref(), Some("named"));
+    }
+
+    #[test]
     fn sni_with_a_destination_beats_sni_alone() {
         let mut on_port = spec("sni-and-port", &["*.x.test"]);
         on_port.destinations = vec![net(None, Some(9443))];
