@@ -710,3 +710,34 @@ fn reload_swaps_the_certificate_a_tls_route_terminates_with() {
             .unwrap_or(false)
     });
 }
+
+#[test]
+fn check_refuses_a_plugin_on_a_stream_route() {
+    // Plugins run in HTTP phases: an access-control plugin on a stream route would silently let
+    // everyone in, so any is refused; prometheus (metrics are always on) is accepted.
+    let conf = ConfDir::new().with(
+        "gateway.yaml",
+        r#"services:
+- name: plain
+  url: tcp://127.0.0.1:9000
+  routes:
+  - name: by-sni
+    protocols: [tls]
+    snis: [a.example.com]
+    plugins:
+    - name: prometheus
+    - name: request-termination
+      config: {status_code: 403}
+"#,
+    );
+    let out = check(&conf);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert_eq!(
+        out.lines_starting("conf/gateway.yaml:"),
+        vec![
+            "conf/gateway.yaml:10:13: services[0].routes[0].plugins[1].name: plugin \"request-termination\" cannot run on stream route \"by-sni\" (plugins apply to HTTP routes only here); remove it".to_string()
+        ],
+        "{}",
+        out.all()
+    );
+}

@@ -774,6 +774,24 @@ pub fn validate(
         }
         plugin_raws.push((p, scope));
     }
+    // Plugins run in HTTP phases only: one on a stream route would be silently skipped, and an
+    // access-control plugin skipped is a route left open. Metrics are always on (prometheus).
+    for (p, scope) in &plugin_raws {
+        let on_stream = scope
+            .route
+            .as_ref()
+            .and_then(|id| stream_routes.iter().find(|r| &r.id == id));
+        if let (Some(route), true) = (on_stream, p.enabled && p.name.v != "prometheus") {
+            d.err(
+                &p.name.loc,
+                &p.name.path,
+                format!(
+                    "plugin {:?} cannot run on stream route {:?} (plugins apply to HTTP routes only here); remove it",
+                    p.name.v, &*route.name
+                ),
+            );
+        }
+    }
     let build_ctx = api::BuildContext {
         consumers: consumers.clone(),
         credentials: credentials.clone(),
