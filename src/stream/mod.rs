@@ -327,6 +327,10 @@ impl StreamApp {
                 return Outcome::TlsHandshakeFailed;
             }
         }
+        // PostgreSQL 17's direct SSL (ALPN `postgresql`, no SSLRequest) arrives decrypted just
+        // like the classic kind: toward a TLS upstream both start with an SSLRequest, which
+        // every PostgreSQL version answers.
+        let postgres = postgres || log.alpn.iter().any(|p| p == b"postgresql");
         let outcome = self.to_upstream(&mut tls, route, postgres, log).await;
         // After a refusal the client gets a close_notify rather than a bare FIN; after a
         // relay the write half is already shut and this does nothing.

@@ -15,7 +15,10 @@ use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
-use openssl::ssl::{NameType, Ssl, SslAcceptor, SslContext, SslMethod, SslRef, SslVerifyMode};
+use openssl::ssl::{
+    select_next_proto, AlpnError, NameType, Ssl, SslAcceptor, SslContext, SslMethod, SslRef,
+    SslVerifyMode,
+};
 use openssl::stack::Stack;
 use openssl::x509::{X509Name, X509NameBuilder, X509Ref, X509};
 use pingora::listeners::TlsAccept;
@@ -150,8 +153,14 @@ pub fn stream_server_ssl(certs: &CertStore, sni: Option<&str>) -> Result<Ssl, Er
     let ctx = CONTEXT
         .get_or_init(|| {
             // Mozilla's intermediate profile: TLS 1.2 and 1.3, as the HTTPS listeners allow.
-            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
-                .map(|b| b.build().into_context())
+            let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+            // The relayed protocol is unknown, so no ALPN is negotiated, except `postgresql`:
+            // a client offering it speaks PostgreSQL whatever the backend, and PostgreSQL 17's
+            // direct SSL refuses a server that does not select it.
+            b.set_alpn_select_callback(|_, offered| {
+                select_next_proto(b"\x0apostgresql", offered).ok_or(AlpnError::NOACK)
+            });
+            Ok(b.build().into_context())
         })
         .as_ref()
         .map_err(Clone::clone)?;
