@@ -95,6 +95,10 @@ fn lookup(c: &mut Criterion) {
             targets: vec![target.clone()],
             connect_timeout: Duration::from_secs(1),
             health: None,
+            kinds: portcullis::stream::StreamKinds::PASSTHROUGH,
+            sources: Vec::new(),
+            destinations: Vec::new(),
+            upstream_tls: None,
         })
         .collect();
     let table = StreamTable::new(specs);

@@ -105,7 +105,7 @@ fn check(dir: &std::path::Path) -> ExitCode {
                 println!("{w}");
             }
             println!(
-                "{}: OK: {} services, {} routes ({} passthrough), {} certificates, {} CA certificates, {} upstreams, {} consumers, {} plugins (config {})",
+                "{}: OK: {} services, {} routes ({} stream), {} certificates, {} CA certificates, {} upstreams, {} consumers, {} plugins (config {})",
                 dir.display(),
                 config.services.len(),
                 config.routes.len() + config.stream_routes.len(),

@@ -125,7 +125,8 @@ pub struct RouteRt {
 pub struct Runtime {
     pub config: Arc<Config>,
     pub router: Router,
-    pub certs: CertStore,
+    /// Shared with the stream table, whose `tls` routes terminate with the same certificates.
+    pub certs: Arc<CertStore>,
     /// By `Route::order`.
     pub routes: Vec<Option<Arc<RouteRt>>>,
     pub services: HashMap<String, Arc<ServiceRt>>,
@@ -267,7 +268,7 @@ pub fn compile(
     let router = Router::new(&enabled);
     update_cert_metrics(&config);
     Ok(Runtime {
-        certs: CertStore::new(&config, fallback_cert, policy),
+        certs: Arc::new(CertStore::new(&config, fallback_cert, policy)),
         router,
         routes,
         services,

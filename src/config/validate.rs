@@ -693,7 +693,7 @@ pub fn validate(
                 },
             ));
         }
-        if route.protocols.tls_passthrough {
+        if route.protocols.is_stream() {
             stream_routes.push(Arc::new(route));
         } else {
             routes.push(Arc::new(route));
@@ -807,6 +807,24 @@ pub fn validate(
                 .map(|c| c.id.clone());
         }
         plugin_raws.push((p, scope));
+    }
+    // Plugins run in HTTP phases only: one on a stream route would be silently skipped, and an
+    // access-control plugin skipped is a route left open. Metrics are always on (prometheus).
+    for (p, scope) in &plugin_raws {
+        let on_stream = scope
+            .route
+            .as_ref()
+            .and_then(|id| stream_routes.iter().find(|r| &r.id == id));
+        if let (Some(route), true) = (on_stream, p.enabled && p.name.v != "prometheus") {
+            d.err(
+                &p.name.loc,
+                &p.name.path,
+                format!(
+                    "plugin {:?} cannot run on stream route {:?} (plugins apply to HTTP routes only here); remove it",
+                    p.name.v, &*route.name
+                ),
+            );
+        }
     }
     let build_ctx = api::BuildContext {
         consumers: consumers.clone(),
@@ -932,18 +950,32 @@ pub fn validate(
         .map(|b| format!("{b:02x}"))
         .collect();
 
-    if !stream_routes.is_empty() && listeners.stream.is_empty() {
-        // Unreachable with defaults; kept for explicit `listeners` without a stream port.
-        if let Some(r) = doc.listeners.as_ref() {
-            if r.stream.is_some() {
-                // explicitly empty list
+    let listeners = finalize_listeners(listeners, &doc, &stream_routes);
+    for r in &stream_routes {
+        let served = listeners.stream.iter().any(|l| {
+            if l.tls {
+                r.protocols.tls || r.protocols.tls_passthrough
+            } else {
+                r.protocols.tcp
             }
+        });
+        if let (false, Some((raw, _))) = (served, route_raws.get(r.order)) {
+            let hint = if r.protocols.tcp && !r.protocols.tls {
+                "a listeners.stream entry with `tls: false`"
+            } else {
+                "a listeners.stream entry (`tls: true` is the default)"
+            };
+            d.warn(
+                &raw.loc,
+                &raw.path,
+                format!("no stream listener serves this route: add {hint}"),
+            );
         }
     }
 
     Some(Config {
         dir: dir.to_path_buf(),
-        listeners: finalize_listeners(listeners, &doc, !stream_routes.is_empty(), d),
+        listeners,
         server,
         certificates: certs,
         default_certificate,
@@ -1229,6 +1261,7 @@ fn build_listeners(doc: &RawDoc, d: &mut Diags) -> Listeners {
                 .filter_map(|l| {
                     Some(StreamListener {
                         address: check_address(&l.address, d)?,
+                        tls: l.tls.unwrap_or(true),
                         client_hello_timeout: l
                             .client_hello_timeout
                             .unwrap_or(Duration::from_secs(10)),
@@ -1282,21 +1315,21 @@ fn build_listeners(doc: &RawDoc, d: &mut Diags) -> Listeners {
     }
 }
 
-/// The stream port exists by default only when some route passes TLS through.
-fn finalize_listeners(
-    mut l: Listeners,
-    doc: &RawDoc,
-    has_stream_routes: bool,
-    _d: &mut Diags,
-) -> Listeners {
+/// The stream port exists by default only when some route passes TLS through or terminates it
+/// there (`tls_passthrough`, `tls`); Kong has no default plain TCP stream port either.
+fn finalize_listeners(mut l: Listeners, doc: &RawDoc, stream_routes: &[Arc<Route>]) -> Listeners {
     let stream_given = doc
         .listeners
         .as_ref()
         .map(|l| l.stream.is_some())
         .unwrap_or(false);
-    if !stream_given && has_stream_routes {
+    let wants_tls = stream_routes
+        .iter()
+        .any(|r| r.protocols.tls_passthrough || r.protocols.tls);
+    if !stream_given && wants_tls {
         l.stream.push(StreamListener {
             address: "0.0.0.0:9443".into(),
+            tls: true,
             client_hello_timeout: Duration::from_secs(10),
             idle_timeout: STREAM_IDLE_TIMEOUT,
             max_connections: STREAM_MAX_CONNECTIONS,
@@ -1771,6 +1804,100 @@ fn build_service(
     })
 }
 
+/// `sources` / `destinations` entries: `ip` (an address or CIDR range) and/or `port`.
+fn nets(raw: &[RawNet], d: &mut Diags) -> Vec<NetMatch> {
+    raw.iter()
+        .filter_map(|n| {
+            if n.ip.is_none() && n.port.is_none() {
+                d.err(&n.loc, &n.path, "needs `ip`, `port` or both");
+                return None;
+            }
+            let net = match &n.ip {
+                Some(ip) => Some(parse_net(ip, d)?),
+                None => None,
+            };
+            Some(NetMatch {
+                net,
+                port: n.port.as_ref().map(|p| p.v as u16),
+            })
+        })
+        .collect()
+}
+
+/// Kong's rules for stream routes (routes_subschemas.lua and the routes entity checks), plus
+/// the service protocols that can carry them.
+fn check_stream_route(
+    r: &RawRoute,
+    protocols: &Protocols,
+    service: &Service,
+    snis: &[String],
+    has_addresses: bool,
+    d: &mut Diags,
+) {
+    let kind = if protocols.tls_passthrough {
+        "tls_passthrough"
+    } else if protocols.tls {
+        "tls"
+    } else {
+        "tcp"
+    };
+    if protocols.tls_passthrough && snis.is_empty() {
+        d.err(
+            &r.loc,
+            &r.path,
+            "a tls_passthrough route needs `snis` (the gateway routes by SNI without decrypting)",
+        );
+    }
+    if (protocols.tls || protocols.tcp) && snis.is_empty() && !has_addresses {
+        d.err(
+            &r.loc,
+            &r.path,
+            format!("a {kind} route needs at least one of `snis`, `sources` or `destinations`"),
+        );
+    }
+    if !protocols.tls_passthrough && !protocols.tls && !r.snis.is_empty() {
+        d.err(
+            &r.snis[0].loc,
+            &format!("{}.snis", r.path),
+            "'snis' can only be set when 'protocols' is https, grpcs, tls or tls_passthrough (a tcp route sees no SNI)",
+        );
+    }
+    // tcp and tls routes relay plain bytes to a `tcp` service, or originate TLS to a `tls`
+    // service (as Kong does). A tls_passthrough route relays the client's own TLS unchanged
+    // whichever of the two its service says.
+    if !matches!(service.protocol, Protocol::Tcp | Protocol::Tls) {
+        let wanted = if protocols.tls_passthrough {
+            "tcp"
+        } else {
+            "tcp or tls"
+        };
+        d.err(
+            &r.loc,
+            &r.path,
+            format!(
+                "a {kind} route needs a service with protocol {wanted} (service {:?} is {})",
+                &*service.name,
+                service.protocol.as_str()
+            ),
+        );
+    }
+    let fields = [
+        ("hosts", r.hosts.first().map(|v| &v.loc)),
+        ("paths", r.paths.first().map(|v| &v.loc)),
+        ("methods", r.methods.first().map(|v| &v.loc)),
+        ("headers", r.headers.first().map(|(k, _)| &k.loc)),
+    ];
+    for (field, at) in fields {
+        if let Some(loc) = at {
+            d.err(
+                loc,
+                &format!("{}.{field}", r.path),
+                format!("cannot set '{field}' when 'protocols' is {kind} (stream routes match on snis, sources and destinations only)"),
+            );
+        }
+    }
+}
+
 fn build_route(r: &RawRoute, service: Arc<Service>, order: usize, d: &mut Diags) -> Option<Route> {
     let errors_before = d.errors.len();
     let mut protocols = Protocols::default();
@@ -1785,11 +1912,13 @@ fn build_route(r: &RawRoute, service: Arc<Service>, order: usize, d: &mut Diags)
             "grpc" => protocols.grpc = true,
             "grpcs" => protocols.grpcs = true,
             "tls_passthrough" => protocols.tls_passthrough = true,
+            "tls" => protocols.tls = true,
+            "tcp" => protocols.tcp = true,
             other => d.err(
                 &p.loc,
                 &p.path,
                 format!(
-                    "unsupported protocol {other:?} (http, https, grpc, grpcs, tls_passthrough)"
+                    "unsupported protocol {other:?} (http, https, grpc, grpcs, tls_passthrough, tls, tcp)"
                 ),
             ),
         }
@@ -1802,6 +1931,18 @@ fn build_route(r: &RawRoute, service: Arc<Service>, order: usize, d: &mut Diags)
             "tls_passthrough cannot be combined with other protocols",
         );
     }
+    let http_kind = protocols.http || protocols.https || protocols.grpc || protocols.grpcs;
+    if (protocols.tls || protocols.tcp) && http_kind {
+        // Kong's mutually exclusive protocol sets: a route is served by one subsystem.
+        let p = &r.protocols[0];
+        d.err(
+            &p.loc,
+            &format!("{}.protocols", r.path),
+            "tcp and tls (stream) cannot be combined with http, https, grpc or grpcs",
+        );
+    }
+    let sources = nets(&r.sources, d);
+    let destinations = nets(&r.destinations, d);
     let hosts: Vec<String> = r
         .hosts
         .iter()
@@ -1878,32 +2019,16 @@ fn build_route(r: &RawRoute, service: Arc<Service>, order: usize, d: &mut Diags)
         .iter()
         .filter_map(|s| check_wildcard(s, "SNI", d))
         .collect();
-    if protocols.tls_passthrough {
-        if snis.is_empty() {
-            d.err(
-                &r.loc,
-                &r.path,
-                "a tls_passthrough route needs `snis` (the gateway routes by SNI without decrypting)",
-            );
-        }
-        if !matches!(service.protocol, Protocol::Tcp | Protocol::Tls) {
-            d.err(
-                &r.loc,
-                &r.path,
-                format!(
-                    "a tls_passthrough route needs a service with protocol tcp (service {:?} is {})",
-                    &*service.name,
-                    service.protocol.as_str()
-                ),
-            );
-        }
-        if !hosts.is_empty() || !paths.is_empty() || !methods.is_empty() || !headers.is_empty() {
-            d.err(
-                &r.loc,
-                &r.path,
-                "a tls_passthrough route matches on `snis` only (hosts, paths, methods and headers are invisible without decrypting)",
-            );
-        }
+    if protocols.is_stream() {
+        check_stream_route(
+            r,
+            &protocols,
+            &service,
+            &snis,
+            // As written: an entry with an error of its own is not also "missing".
+            !r.sources.is_empty() || !r.destinations.is_empty(),
+            d,
+        );
     } else {
         if hosts.is_empty()
             && paths.is_empty()
@@ -1924,11 +2049,20 @@ fn build_route(r: &RawRoute, service: Arc<Service>, order: usize, d: &mut Diags)
                 &r.loc,
                 &r.path,
                 format!(
-                    "service {:?} has protocol {}, which only tls_passthrough routes can use",
+                    "service {:?} has protocol {}, which only stream routes (tcp, tls, tls_passthrough) can use",
                     &*service.name,
                     service.protocol.as_str()
                 ),
             );
+        }
+        for (field, list) in [("sources", &r.sources), ("destinations", &r.destinations)] {
+            if let Some(first) = list.first() {
+                d.err(
+                    &first.loc,
+                    &format!("{}.{field}", r.path),
+                    format!("cannot set '{field}' when 'protocols' is http, https, grpc or grpcs (only stream routes match on addresses)"),
+                );
+            }
         }
     }
     let https_redirect_status_code = match &r.https_redirect_status_code {
@@ -1962,6 +2096,8 @@ fn build_route(r: &RawRoute, service: Arc<Service>, order: usize, d: &mut Diags)
         methods,
         headers,
         snis,
+        sources,
+        destinations,
         strip_path: r.strip_path.unwrap_or(true),
         preserve_host: r.preserve_host.unwrap_or(false),
         regex_priority: r.regex_priority.unwrap_or(0),

@@ -140,7 +140,7 @@ metric!(
     IntCounterVec,
     register_int_counter_vec,
     "portcullis_stream_connections_total",
-    "Passthrough connections by route and result",
+    "Stream connections by route and result",
     &["route", "result"]
 );
 metric!(
@@ -148,7 +148,7 @@ metric!(
     IntGaugeVec,
     register_int_gauge_vec,
     "portcullis_stream_active_connections",
-    "Open passthrough connections by route",
+    "Open stream connections by route",
     &["route"]
 );
 metric!(
@@ -156,7 +156,7 @@ metric!(
     IntCounterVec,
     register_int_counter_vec,
     "portcullis_stream_bytes_total",
-    "Passthrough bytes by route and direction (upstream/downstream)",
+    "Stream bytes by route and direction (upstream/downstream)",
     &["route", "direction"]
 );
 metric!(

@@ -12,8 +12,10 @@ use crate::proxy::request_line::GuardedApp;
 use crate::proxy::GatewayProxy;
 use crate::runtime::{self, Runtime, Shared};
 use crate::stream::{
-    StreamApp, StreamHealth, StreamRouteSpec, StreamSettings, StreamTable, StreamTarget,
+    StreamApp, StreamHealth, StreamKinds, StreamRouteSpec, StreamSettings, StreamTable,
+    StreamTarget,
 };
+use crate::tls::upstream::StreamTlsClient;
 use crate::tls::Acceptor;
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
@@ -42,9 +44,10 @@ pub struct ReloadFailure {
     pub message: String,
 }
 
-/// The passthrough table of a configuration. Routes of disabled services are left out: they
-/// serve nothing on any listener, so their SNIs get the unknown-name alert.
-pub fn stream_table(config: &Config, balancers: &crate::upstream::BalancerSet) -> StreamTable {
+/// The stream routes of a configuration, compiled against its runtime (certificates for `tls`
+/// routes, upstream TLS profiles, balancers). Routes of a disabled service serve nothing.
+pub fn stream_table(rt: &Runtime) -> StreamTable {
+    let config = &rt.config;
     let specs = config
         .stream_routes
         .iter()
@@ -70,8 +73,29 @@ pub fn stream_table(config: &Config, balancers: &crate::upstream::BalancerSet) -
             let health = s
                 .upstream
                 .and_then(|i| config.upstreams.get(i))
-                .and_then(|u| balancers.get(&u.name))
+                .and_then(|u| rt.balancers.get(&u.name))
                 .map(StreamHealth);
+            let p = &r.protocols;
+            let kinds = StreamKinds {
+                passthrough: p.tls_passthrough,
+                terminate: p.tls,
+                tcp: p.tcp,
+            };
+            // A passthrough route's bytes are the client's own TLS: never wrapped again.
+            let upstream_tls = if p.tls_passthrough {
+                None
+            } else {
+                rt.services
+                    .get(&s.id)
+                    .and_then(|svc| svc.tls.clone())
+                    .and_then(|profile| match StreamTlsClient::new(profile) {
+                        Ok(c) => Some(Arc::new(c)),
+                        Err(e) => {
+                            tracing::error!(service = %s.name, error = %e, "building the stream TLS client failed");
+                            None
+                        }
+                    })
+            };
             StreamRouteSpec {
                 route: r.name.clone(),
                 service: s.name.clone(),
@@ -79,10 +103,14 @@ pub fn stream_table(config: &Config, balancers: &crate::upstream::BalancerSet) -
                 targets,
                 connect_timeout: s.connect_timeout,
                 health,
+                kinds,
+                sources: r.sources.clone(),
+                destinations: r.destinations.clone(),
+                upstream_tls,
             }
         })
         .collect();
-    StreamTable::new(specs)
+    StreamTable::new(specs).with_certs(rt.certs.clone())
 }
 
 /// Warnings a running gateway logs once per (re)load.
@@ -110,7 +138,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     let fallback = crate::tls::self_signed()?;
     log_config_warnings(&config);
     let rt = build_runtime(config.clone(), fallback.clone(), None)?;
-    let stream_table = Arc::new(ArcSwap::from_pointee(stream_table(&config, &rt.balancers)));
+    let stream_table = Arc::new(ArcSwap::from_pointee(stream_table(&rt)));
     let shared: Shared = Arc::new(ArcSwap::from_pointee(rt));
     let gw = Arc::new(Gateway {
         conf_dir,
@@ -241,6 +269,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
         let app = StreamApp::new(
             stream_table.clone(),
             StreamSettings {
+                tls: l.tls,
                 client_hello_timeout: l.client_hello_timeout,
                 idle_timeout: l.idle_timeout,
                 max_connections: l.max_connections,

@@ -249,7 +249,7 @@ fn try_reload(gw: &Gateway) -> Result<(), String> {
                 tracing::warn!(warning = %w, "configuration warning");
             }
             if listener_addresses(&cfg) != listener_addresses(&old.config) {
-                tracing::warn!("listener addresses changed: they take effect after a restart (portcullis run --upgrade); the rest of the configuration is applied now");
+                tracing::warn!("listener addresses (or a stream listener's tls setting) changed: they take effect after a restart (portcullis run --upgrade); the rest of the configuration is applied now");
             }
             if cfg.tls_groups != old.config.tls_groups {
                 tracing::warn!("tls.groups changed: upstream connections use the new list now, TLS listeners after a restart (portcullis run --upgrade)");
@@ -257,7 +257,7 @@ fn try_reload(gw: &Gateway) -> Result<(), String> {
             super::log_config_warnings(&cfg);
             match super::build_runtime(cfg.clone(), gw.fallback_cert.clone(), Some(&old)) {
                 Ok(rt) => {
-                    let table = super::stream_table(&cfg, &rt.balancers);
+                    let table = super::stream_table(&rt);
                     gw.shared.store(Arc::new(rt));
                     gw.stream_table.store(Arc::new(table));
                     // Retired plugin instances send what they queued now, not whenever their
@@ -299,7 +299,10 @@ fn try_reload(gw: &Gateway) -> Result<(), String> {
     }
 }
 
-fn listener_addresses(c: &config::Config) -> (Vec<(String, bool)>, Vec<String>, Option<String>) {
+type ListenerSet = (Vec<(String, bool)>, Vec<(String, bool)>, Option<String>);
+
+/// What only a restart changes: addresses, and whether each listener speaks TLS.
+fn listener_addresses(c: &config::Config) -> ListenerSet {
     (
         c.listeners
             .proxy
@@ -309,7 +312,7 @@ fn listener_addresses(c: &config::Config) -> (Vec<(String, bool)>, Vec<String>, 
         c.listeners
             .stream
             .iter()
-            .map(|l| l.address.clone())
+            .map(|l| (l.address.clone(), l.tls))
             .collect(),
         c.listeners.status.clone(),
     )

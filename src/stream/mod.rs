@@ -1,15 +1,21 @@
-//! TLS passthrough on the stream listener: read the ClientHello (after a PostgreSQL `SSLRequest`
-//! if there is one), route by SNI, replay the bytes to the upstream and relay both ways. The
-//! gateway never decrypts here.
+//! The stream listeners. A TLS stream listener reads the ClientHello (after a PostgreSQL
+//! `SSLRequest` if there is one) and routes by SNI (and addresses): a `tls_passthrough` route gets
+//! the bytes replayed undecrypted, a `tls` route has TLS terminated here with the HTTPS
+//! listeners' certificate for that SNI. A plain (`tls: false`) listener routes `tcp` routes by
+//! source and destination without reading anything first.
 //!
-//! Per connection, [`StreamApp`] goes through: connection limit → prelude (`SSLRequest` answered
-//! `S`, `GSSENCRequest` answered `N`) → ClientHello within `client_hello_timeout` → route lookup
-//! in the current [`StreamTable`] → upstream connect (weighted round robin, next target on
-//! failure) → `SSLRequest` repeated upstream when the client sent one → replay → relay. Anything
-//! unroutable gets a fatal TLS alert when the client spoke TLS, and nothing reaches an upstream.
+//! Per connection on a TLS listener, [`StreamApp`] goes through: connection limit → prelude
+//! (`SSLRequest` answered `S`, `GSSENCRequest` answered `N`) → ClientHello within
+//! `client_hello_timeout` → route lookup in the current [`StreamTable`] → for passthrough:
+//! upstream connect (weighted round robin, next target on failure) → `SSLRequest` repeated
+//! upstream when the client sent one → replay → relay; for `tls`: handshake with the client
+//! (the ClientHello replayed into it) → upstream connect, TLS to a `tls` service → relay of the
+//! plaintext. Anything unroutable gets a fatal TLS alert when the client spoke TLS, and nothing
+//! reaches an upstream.
 
 pub mod clienthello;
 pub mod postgres;
+pub mod prefixed;
 pub mod relay;
 pub mod table;
 #[cfg(test)]
@@ -35,16 +41,21 @@ use tokio::time::Instant;
 pub use clienthello::{ClientHello, Reject, MAX_CLIENT_HELLO_BYTES};
 pub use relay::{relay, Direction, RelayEnd, Totals};
 pub use table::{
-    ConnectError, StreamHealth, StreamRoute, StreamRouteSpec, StreamTable, StreamTarget,
+    ConnectError, Incoming, StreamHealth, StreamKinds, StreamRoute, StreamRouteSpec, StreamTable,
+    StreamTarget,
 };
 
 use clienthello::ReadError;
 use postgres::{read_prelude_and_hello, Refusal};
+use prefixed::Prefixed;
 
 /// Listener-level limits of a stream listener.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
-    /// A client that has not sent its whole ClientHello (and `SSLRequest`) by then is closed.
+    /// `true`: a TLS listener (ClientHello first); `false`: plain TCP.
+    pub tls: bool,
+    /// A client that has not sent its whole ClientHello (and `SSLRequest`) by then is closed;
+    /// a `tls` route's handshake gets as long again.
     pub client_hello_timeout: Duration,
     /// A tunnel where no byte moves either way for this long is closed.
     pub idle_timeout: Duration,
@@ -58,6 +69,7 @@ pub struct StreamSettings {
 impl Default for StreamSettings {
     fn default() -> Self {
         StreamSettings {
+            tls: true,
             client_hello_timeout: Duration::from_secs(10),
             idle_timeout: crate::config::model::STREAM_IDLE_TIMEOUT,
             max_connections: crate::config::model::STREAM_MAX_CONNECTIONS,
@@ -98,6 +110,13 @@ pub enum Outcome {
     OverLimit,
     /// The client's address was at `max_connections_per_client`.
     OverClientLimit,
+    /// Plain TCP listener: no `tcp` route for the connection's addresses; closed.
+    NoRoute,
+    /// A `tls` route's handshake with the client failed or timed out.
+    TlsHandshakeFailed,
+    /// A `tls` service's handshake or certificate verification failed (counted in
+    /// `portcullis_upstream_tls_failures_total` too); the client is closed.
+    UpstreamTlsFailed,
 }
 
 impl Outcome {
@@ -116,6 +135,9 @@ impl Outcome {
             Outcome::UpstreamRefusedTls => "upstream_refused_tls",
             Outcome::OverLimit => "over_limit",
             Outcome::OverClientLimit => "over_client_limit",
+            Outcome::NoRoute => "no_route",
+            Outcome::TlsHandshakeFailed => "tls_handshake_failed",
+            Outcome::UpstreamTlsFailed => "upstream_tls_failed",
         }
     }
 }
@@ -199,11 +221,18 @@ impl StreamApp {
     }
 
     /// Handles one accepted connection to its end; returns how it ended with the details logged.
-    pub async fn handle<S>(&self, client: &mut S, peer: Option<SocketAddr>) -> ConnectionLog
+    /// `local` is the address the client connected to (for `destinations`).
+    pub async fn handle<S>(
+        &self,
+        client: &mut S,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> ConnectionLog
     where
         S: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
         let mut log = ConnectionLog::new(peer);
+        log.local = local;
         let outcome = match self.slots.clone().try_acquire_owned() {
             Ok(_permit) => match peer.map(|p| self.client_slot(p.ip())) {
                 Some(None) => Outcome::OverClientLimit,
@@ -222,6 +251,9 @@ impl StreamApp {
     where
         S: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
+        if !self.settings.tls {
+            return self.serve_tcp(client, log).await;
+        }
         let mut buf = Vec::new();
         let hello = tokio::time::timeout(
             self.settings.client_hello_timeout,
@@ -235,25 +267,31 @@ impl StreamApp {
         };
         log.postgres = postgres;
         log.alpn = std::mem::take(&mut hello.alpn);
-        let Some(sni) = hello.sni.take() else {
-            send_alert(client, hello.record_version, alert::UNRECOGNIZED_NAME).await;
-            return Outcome::NoSni;
-        };
-        log.sni = Some(sni);
+        log.sni = hello.sni.take();
         // One table per connection: a reload mid-tunnel does not move the tunnel.
-        let route = self
-            .table
-            .load()
-            .lookup(log.sni.as_deref().unwrap_or_default())
-            .cloned();
-        let Some(route) = route else {
+        let table = self.table.load_full();
+        let conn = Incoming {
+            sni: log.sni.as_deref(),
+            client: log.client,
+            local: log.local,
+        };
+        let Some(route) = table.lookup_tls(&conn).cloned() else {
             send_alert(client, hello.record_version, alert::UNRECOGNIZED_NAME).await;
-            return Outcome::UnknownSni;
+            return if log.sni.is_none() {
+                Outcome::NoSni
+            } else {
+                Outcome::UnknownSni
+            };
         };
         log.route = Some(route.name.clone());
         log.service = Some(route.service.clone());
         route.active.inc();
         let _active = scopeguard(|| route.active.dec());
+        if !route.kinds.passthrough {
+            return self
+                .terminate(client, buf, &route, &table, postgres, log)
+                .await;
+        }
 
         let (mut upstream, addr) = match route.connect().await {
             Ok(connected) => connected,
@@ -281,10 +319,158 @@ impl StreamApp {
         route.bytes_up.inc_by(buf.len() as u64);
         log.bytes_up = buf.len() as u64;
         drop(buf);
+        self.tunnel(client, &mut upstream, &route, log).await
+    }
 
+    /// A `tls` route: the handshake with the client (its ClientHello, already read, replayed
+    /// into OpenSSL) with the certificate the HTTPS listeners serve for that SNI, then the
+    /// plaintext to the upstream.
+    async fn terminate<S>(
+        &self,
+        client: &mut S,
+        hello: Vec<u8>,
+        route: &StreamRoute,
+        table: &StreamTable,
+        postgres: bool,
+        log: &mut ConnectionLog,
+    ) -> Outcome
+    where
+        S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let version = alert_version(&hello);
+        let ssl = match table.certs() {
+            Some(certs) => {
+                crate::tls::stream_server_ssl(certs, log.sni.as_deref()).map_err(|e| e.to_string())
+            }
+            None => Err("no certificate store".to_string()),
+        };
+        let ssl = match ssl {
+            Ok(ssl) => ssl,
+            Err(e) => {
+                log.detail = Some(format!("setting up the handshake: {e}"));
+                send_alert(client, version, alert::INTERNAL_ERROR).await;
+                return Outcome::TlsHandshakeFailed;
+            }
+        };
+        let mut tls = match tokio_openssl::SslStream::new(ssl, Prefixed::new(hello, &mut *client)) {
+            Ok(tls) => tls,
+            Err(e) => {
+                log.detail = Some(format!("setting up the handshake: {e}"));
+                return Outcome::TlsHandshakeFailed;
+            }
+        };
+        let accepted = tokio::time::timeout(
+            self.settings.client_hello_timeout,
+            std::pin::Pin::new(&mut tls).accept(),
+        )
+        .await;
+        match accepted {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                log.detail = Some(format!("handshake with the client: {e}"));
+                return Outcome::TlsHandshakeFailed;
+            }
+            Err(_) => {
+                log.detail = Some("handshake with the client timed out".into());
+                return Outcome::TlsHandshakeFailed;
+            }
+        }
+        // PostgreSQL 17's direct SSL (ALPN `postgresql`, no SSLRequest) arrives decrypted just
+        // like the classic kind: toward a TLS upstream both start with an SSLRequest, which
+        // every PostgreSQL version answers.
+        let postgres = postgres || log.alpn.iter().any(|p| p == b"postgresql");
+        let outcome = self.to_upstream(&mut tls, route, postgres, log).await;
+        // After a refusal the client gets a close_notify rather than a bare FIN; after a
+        // relay the write half is already shut and this does nothing.
+        let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+        outcome
+    }
+
+    /// A plain TCP listener: route by addresses, connect, relay.
+    async fn serve_tcp<S>(&self, client: &mut S, log: &mut ConnectionLog) -> Outcome
+    where
+        S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let table = self.table.load_full();
+        let conn = Incoming {
+            sni: None,
+            client: log.client,
+            local: log.local,
+        };
+        let Some(route) = table.lookup_tcp(&conn).cloned() else {
+            return Outcome::NoRoute;
+        };
+        log.route = Some(route.name.clone());
+        log.service = Some(route.service.clone());
+        route.active.inc();
+        let _active = scopeguard(|| route.active.dec());
+        self.to_upstream(client, &route, false, log).await
+    }
+
+    /// Connects to the route's upstream (with TLS for a `tls` service) and relays.
+    async fn to_upstream<C>(
+        &self,
+        client: &mut C,
+        route: &StreamRoute,
+        postgres: bool,
+        log: &mut ConnectionLog,
+    ) -> Outcome
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        let (mut upstream, addr) = match route.connect().await {
+            Ok(connected) => connected,
+            Err(e) => {
+                log.detail = Some(e.to_string());
+                return Outcome::UpstreamUnavailable;
+            }
+        };
+        log.upstream = Some(addr);
+        let Some(tls) = &route.upstream_tls else {
+            return self.tunnel(client, &mut upstream, route, log).await;
+        };
+        if postgres {
+            // The client's PostgreSQL session arrives decrypted; a TLS upstream expects its
+            // SSLRequest first, as libpq would send it.
+            if let Err(why) =
+                negotiate_postgres_upstream(&mut upstream, route.connect_timeout).await
+            {
+                log.detail = Some(why);
+                return Outcome::UpstreamRefusedTls;
+            }
+        }
+        let failure = match tokio::time::timeout(route.connect_timeout, tls.connect(upstream)).await
+        {
+            Ok(Ok(mut upstream)) => return self.tunnel(client, &mut upstream, route, log).await,
+            Ok(Err(e)) => (e.reason, e.detail),
+            Err(_) => (
+                "handshake timeout".to_string(),
+                "upstream TLS handshake timed out".to_string(),
+            ),
+        };
+        crate::metrics::UPSTREAM_TLS_FAILURES
+            .with_label_values(&[&*route.service, &failure.0])
+            .inc();
+        tracing::warn!(route = %route.name, service = %route.service, reason = %failure.0, "stream upstream TLS failed");
+        log.detail = Some(format!("upstream TLS: {}", failure.1));
+        Outcome::UpstreamTlsFailed
+    }
+
+    /// Relays until the tunnel ends and names how it ended.
+    async fn tunnel<C, U>(
+        &self,
+        client: &mut C,
+        upstream: &mut U,
+        route: &StreamRoute,
+        log: &mut ConnectionLog,
+    ) -> Outcome
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
         let (end, totals) = relay(
             client,
-            &mut upstream,
+            upstream,
             self.settings.idle_timeout,
             &route.bytes_up,
             &route.bytes_down,
@@ -317,10 +503,14 @@ impl ServerApp for StreamApp {
         // Pingora's accept loop stops taking connections on shutdown; tunnels already open are
         // left to finish within the grace period, so the watch needs no handling here.
         // Kept as an address: formatted only if the connection log line is written.
-        let peer = stream
-            .get_socket_digest()
+        let digest = stream.get_socket_digest();
+        let peer = digest
+            .as_ref()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        self.handle(&mut stream, peer).await;
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        self.handle(&mut stream, peer, local).await;
         // A passthrough connection is never reused for anything else.
         None
     }
@@ -405,6 +595,8 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 #[derive(Debug, Clone)]
 pub struct ConnectionLog {
     pub client: Option<SocketAddr>,
+    /// The listener address the client connected to.
+    pub local: Option<SocketAddr>,
     pub sni: Option<String>,
     pub alpn: Vec<Vec<u8>>,
     pub postgres: bool,
@@ -423,6 +615,7 @@ impl ConnectionLog {
     fn new(client: Option<SocketAddr>) -> Self {
         ConnectionLog {
             client,
+            local: None,
             sni: None,
             alpn: Vec::new(),
             postgres: false,

@@ -25,6 +25,10 @@ fn spec(route: &str, snis: &[&str], port: u16) -> StreamRouteSpec {
         }],
         connect_timeout: Duration::from_secs(2),
         health: None,
+        kinds: StreamKinds::PASSTHROUGH,
+        sources: Vec::new(),
+        destinations: Vec::new(),
+        upstream_tls: None,
     }
 }
 
@@ -51,7 +55,7 @@ async fn serve(
             let app = app.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let log = app.handle(&mut sock, Some(peer)).await;
+                let log = app.handle(&mut sock, Some(peer), None).await;
                 let _ = tx.send(log);
             });
         }

@@ -12,10 +12,14 @@ use async_trait::async_trait;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
+use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
-use openssl::ssl::{NameType, SslRef, SslVerifyMode};
+use openssl::ssl::{
+    select_next_proto, AlpnError, NameType, Ssl, SslAcceptor, SslContext, SslMethod, SslRef,
+    SslVerifyMode,
+};
 use openssl::stack::Stack;
 use openssl::x509::{X509Name, X509NameBuilder, X509Ref, X509};
 use pingora::listeners::TlsAccept;
@@ -148,6 +152,31 @@ pub fn self_signed() -> Result<Arc<Certificate>, openssl::error::ErrorStack> {
         snis: Vec::new(),
         origin: "generated at start".into(),
     }))
+}
+
+/// The server side of a handshake on the stream listener for a `tls` route: the certificate the
+/// HTTPS listeners would serve for `sni`, installed before the handshake starts (the stream
+/// listener has already read the ClientHello, so no callback is needed).
+pub fn stream_server_ssl(certs: &CertStore, sni: Option<&str>) -> Result<Ssl, ErrorStack> {
+    static CONTEXT: std::sync::OnceLock<Result<SslContext, ErrorStack>> =
+        std::sync::OnceLock::new();
+    let ctx = CONTEXT
+        .get_or_init(|| {
+            // Mozilla's intermediate profile: TLS 1.2 and 1.3, as the HTTPS listeners allow.
+            let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+            // The relayed protocol is unknown, so no ALPN is negotiated, except `postgresql`:
+            // a client offering it speaks PostgreSQL whatever the backend, and PostgreSQL 17's
+            // direct SSL refuses a server that does not select it.
+            b.set_alpn_select_callback(|_, offered| {
+                select_next_proto(b"\x0apostgresql", offered).ok_or(AlpnError::NOACK)
+            });
+            Ok(b.build().into_context())
+        })
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let mut ssl = Ssl::new(ctx)?;
+    install(&mut ssl, certs.lookup(sni))?;
+    Ok(ssl)
 }
 
 /// What the gateway learnt in the handshake, stored in Pingora's `SslDigest` extension.

@@ -10,6 +10,8 @@
 //! request byte is written when the result is not OK. The reason is OpenSSL's own text.
 
 use crate::config::model::{Certificate, UpstreamTls};
+use openssl::error::ErrorStack;
+use openssl::ssl::{Ssl, SslContext, SslMethod, SslVerifyMode, SslVersion};
 use openssl::stack::Stack;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::verify::X509VerifyParam;
@@ -20,6 +22,8 @@ use pingora::utils::tls::CertKey;
 use std::any::Any;
 use std::net::IpAddr;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_openssl::SslStream;
 
 /// Result of verifying one upstream handshake; stored in the connection's `SslDigest`.
 #[derive(Debug, Clone)]
@@ -162,6 +166,95 @@ pub fn verify_peer(store: &X509Store, ssl: &SslRef) -> Option<String> {
 
 fn reason(err: X509VerifyResult) -> String {
     err.error_string().to_string()
+}
+
+/// TLS toward a `tls` service from the stream listener (`tls` and `tcp` routes), with the same
+/// profile as proxied HTTPS: OpenSSL itself does not verify; the presented chain is checked
+/// against the profile's store after the handshake, so the reason is OpenSSL's own text.
+pub struct StreamTlsClient {
+    ctx: SslContext,
+    profile: Arc<TlsProfile>,
+}
+
+impl std::fmt::Debug for StreamTlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.profile.fmt(f)
+    }
+}
+
+/// Why a stream route's upstream TLS connection was refused.
+#[derive(Debug)]
+pub struct StreamTlsError {
+    /// A short label for `portcullis_upstream_tls_failures_total{reason}`.
+    pub reason: String,
+    /// Everything OpenSSL said, for the connection log.
+    pub detail: String,
+}
+
+impl StreamTlsClient {
+    /// One client context per service, built when the configuration compiles (loading trust
+    /// roots per connection would cost more than the handshake).
+    pub fn new(profile: Arc<TlsProfile>) -> Result<Self, ErrorStack> {
+        let mut b = SslContext::builder(SslMethod::tls_client())?;
+        b.set_verify(SslVerifyMode::NONE);
+        b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+        if let Some(ck) = &profile.client_cert {
+            b.set_certificate(ck.leaf())?;
+            for c in ck.intermediates() {
+                b.add_extra_chain_cert(c.clone())?;
+            }
+            b.set_private_key(ck.key())?;
+        }
+        Ok(StreamTlsClient {
+            ctx: b.build(),
+            profile,
+        })
+    }
+
+    /// Handshakes over `stream` and verifies the upstream's chain and name.
+    pub async fn connect<S>(&self, stream: S) -> Result<SslStream<S>, StreamTlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let failed = |reason: &str, detail: String| StreamTlsError {
+            reason: reason.to_string(),
+            detail,
+        };
+        let setup = || -> Result<Ssl, ErrorStack> {
+            let mut ssl = Ssl::new(&self.ctx)?;
+            // No SNI for an IP address (RFC 6066), as Pingora does.
+            if self.profile.server_name.parse::<IpAddr>().is_err() {
+                ssl.set_hostname(&self.profile.server_name)?;
+            }
+            Ok(ssl)
+        };
+        let ssl = setup().map_err(|e| failed("internal error", e.to_string()))?;
+        let mut tls =
+            SslStream::new(ssl, stream).map_err(|e| failed("internal error", e.to_string()))?;
+        if let Err(e) = std::pin::Pin::new(&mut tls).connect().await {
+            let detail = e.to_string();
+            let reason = match e.ssl_error() {
+                Some(stack) => stack
+                    .errors()
+                    .first()
+                    .and_then(|e| e.reason())
+                    .unwrap_or("handshake failure")
+                    .to_string(),
+                None => "handshake failure".to_string(),
+            };
+            return Err(failed(&reason, detail));
+        }
+        if self.profile.verify {
+            let failure = match &self.profile.store {
+                Some(store) => verify_peer(store, tls.ssl()),
+                None => Some("no trust store".to_string()),
+            };
+            if let Some(reason) = failure {
+                return Err(failed(&reason, reason.clone()));
+            }
+        }
+        Ok(tls)
+    }
 }
 
 /// Pingora's upstream handshake-complete hook type.
