@@ -158,6 +158,10 @@ mod tests {
             }],
             connect_timeout: std::time::Duration::from_secs(1),
             health: None,
+            kinds: crate::stream::table::StreamKinds::PASSTHROUGH,
+            sources: Vec::new(),
+            destinations: Vec::new(),
+            upstream_tls: None,
         }])
     }
 
