@@ -131,7 +131,6 @@ pub fn load(dir: &Path) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
         );
         return Err(LoadError { diags: d });
     }
-    let mut doc = raw::RawDoc::default();
     let mut sources = Vec::new();
     for file in &files {
         let name: Arc<str> = Arc::from(display_path(file));
@@ -164,7 +163,31 @@ pub fn load(dir: &Path) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
                 continue;
             }
         };
-        match yaml::parse(&name, &text) {
+        sources.push((file.clone(), text));
+    }
+    load_sources(dir, &sources, d)
+}
+
+/// Parse, read and validate conf file texts already in memory, exactly as `load` does once it
+/// has read the files of `dir` (file paths inside the texts still resolve against `dir`). Public
+/// so the config fuzz target (fuzz/fuzz_targets/config.rs) drives the whole `portcullis check`
+/// pipeline without a temp dir per input.
+pub fn load_texts(
+    dir: &Path,
+    sources: &[(PathBuf, String)],
+) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
+    load_sources(dir, sources, Diags::default())
+}
+
+fn load_sources(
+    dir: &Path,
+    sources: &[(PathBuf, String)],
+    mut d: Diags,
+) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
+    let mut doc = raw::RawDoc::default();
+    for (file, text) in sources {
+        let name: Arc<str> = Arc::from(display_path(file));
+        match yaml::parse(&name, text) {
             Ok(root) => {
                 let mut file_doc = raw::RawDoc::default();
                 raw::read_root(&root, &mut file_doc, &mut d);
@@ -172,9 +195,8 @@ pub fn load(dir: &Path) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
             }
             Err((loc, msg)) => d.err(&loc, "", msg),
         }
-        sources.push((file.clone(), text));
     }
-    let config = validate::validate(dir, doc, &sources, &mut d);
+    let config = validate::validate(dir, doc, sources, &mut d);
     match config {
         Some(c) if d.errors.is_empty() => Ok((Arc::new(c), d.warnings)),
         _ => Err(LoadError { diags: d }),
@@ -217,4 +239,27 @@ fn merge(into: &mut raw::RawDoc, from: raw::RawDoc, d: &mut Diags) {
         .extend(from.mtls_auth_credentials);
     into.plugin_credentials.extend(from.plugin_credentials);
     into.snis.extend(from.snis);
+}
+
+#[cfg(test)]
+mod load_texts_tests {
+    use super::*;
+
+    #[test]
+    fn in_memory_texts_validate_like_files_and_name_them_in_errors() {
+        let dir = Path::new("/nonexistent");
+        let ok = [(
+            dir.join("a.yaml"),
+            "_format_version: \"3.0\"\nservices:\n  - name: s\n    url: http://127.0.0.1:1\n    routes:\n      - name: r\n        paths: [/x]\n".to_string(),
+        )];
+        let (config, _) = load_texts(dir, &ok).expect("valid config loads");
+        assert_eq!(config.routes.len(), 1);
+
+        let bad = [(dir.join("b.yaml"), "services: [: \n".to_string())];
+        let err = load_texts(dir, &bad).expect_err("broken YAML is refused");
+        assert!(
+            err.to_string().starts_with("/nonexistent/b.yaml:1:"),
+            "{err}"
+        );
+    }
 }
