@@ -254,6 +254,64 @@ fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(&gw.metrics(), name, labels).unwrap_or(0.0)
 }
 
+/// A `tls` route's handshake accepts the same key-exchange groups as the HTTPS listeners: the
+/// post-quantum hybrid first by default, only `tls.groups` when set.
+#[test]
+fn tls_route_handshake_offers_the_configured_key_exchange_groups() {
+    let pki = Pki::new();
+    let demo = pki.server_leaf("demo", &["DNS:demo.example.com"]);
+    let backend = EchoBackend::plain(POD);
+    let entities = |groups: &str| {
+        format!(
+            r#"{groups}
+certificates:
+- name: demo
+  cert_file: certs/demo.crt
+  key_file: certs/demo.key
+  snis: [demo.example.com]
+services:
+- name: tcp-echo
+  url: tcp://127.0.0.1:{backend}
+  routes:
+  - name: demo-tls
+    protocols: [tls]
+    snis: [demo.example.com]
+"#,
+            backend = backend.port,
+        )
+    };
+    let (_gw, ports) = start(&[("demo", &demo)], &entities(""));
+    let pq = TlsProbe::new(ports.tls)
+        .sni("demo.example.com")
+        .groups("X25519:X25519MLKEM768")
+        .run()
+        .expect("handshake");
+    assert_eq!(pq.group.as_deref(), Some("X25519MLKEM768"));
+    let classical = TlsProbe::new(ports.tls)
+        .sni("demo.example.com")
+        .groups("X25519")
+        .run()
+        .expect("a classical-only client connects");
+    assert_eq!(classical.group.as_deref(), Some("x25519"));
+
+    let (_gw, ports) = start(
+        &[("demo", &demo)],
+        &entities("tls:\n  groups: [P-256, X25519]"),
+    );
+    let err = TlsProbe::new(ports.tls)
+        .sni("demo.example.com")
+        .groups("X25519MLKEM768")
+        .run()
+        .expect_err("the hybrid group is not configured");
+    assert!(!err.is_empty());
+    let served = TlsProbe::new(ports.tls)
+        .sni("demo.example.com")
+        .groups("X25519:P-256")
+        .run()
+        .expect("handshake");
+    assert_eq!(served.group.as_deref(), Some("secp256r1"));
+}
+
 const POD: &str = "Running on Pod example-tcproute.\nThrough TLS connection.\n";
 
 #[test]

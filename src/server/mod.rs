@@ -274,6 +274,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
                 idle_timeout: l.idle_timeout,
                 max_connections: l.max_connections,
                 max_connections_per_client: l.max_connections_per_client,
+                tls_groups: config.tls_groups.clone(),
             },
         );
         let mut svc = Service::new(format!("stream-{i}"), app);

@@ -64,6 +64,9 @@ pub struct StreamSettings {
     /// Connections one client address may hold at once; more from it are closed on arrival,
     /// so one host cannot take every slot.
     pub max_connections_per_client: usize,
+    /// Key-exchange groups a `tls` route's handshake accepts, in the gateway's order
+    /// (`tls.groups`, as the HTTPS listeners; fixed for the process's life like theirs).
+    pub tls_groups: Vec<String>,
 }
 
 impl Default for StreamSettings {
@@ -74,6 +77,10 @@ impl Default for StreamSettings {
             idle_timeout: crate::config::model::STREAM_IDLE_TIMEOUT,
             max_connections: crate::config::model::STREAM_MAX_CONNECTIONS,
             max_connections_per_client: crate::config::model::STREAM_MAX_CONNECTIONS_PER_CLIENT,
+            tls_groups: crate::tls::groups::DEFAULT_GROUPS
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
         }
     }
 }
@@ -340,7 +347,8 @@ impl StreamApp {
         let version = alert_version(&hello);
         let ssl = match table.certs() {
             Some(certs) => {
-                crate::tls::stream_server_ssl(certs, log.sni.as_deref()).map_err(|e| e.to_string())
+                crate::tls::stream_server_ssl(certs, log.sni.as_deref(), &self.settings.tls_groups)
+                    .map_err(|e| e.to_string())
             }
             None => Err("no certificate store".to_string()),
         };

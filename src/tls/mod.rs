@@ -157,24 +157,36 @@ pub fn self_signed() -> Result<Arc<Certificate>, openssl::error::ErrorStack> {
 /// The server side of a handshake on the stream listener for a `tls` route: the certificate the
 /// HTTPS listeners would serve for `sni`, installed before the handshake starts (the stream
 /// listener has already read the ClientHello, so no callback is needed).
-pub fn stream_server_ssl(certs: &CertStore, sni: Option<&str>) -> Result<Ssl, ErrorStack> {
-    static CONTEXT: std::sync::OnceLock<Result<SslContext, ErrorStack>> =
-        std::sync::OnceLock::new();
-    let ctx = CONTEXT
-        .get_or_init(|| {
-            // Mozilla's intermediate profile: TLS 1.2 and 1.3, as the HTTPS listeners allow.
-            let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
-            // The relayed protocol is unknown, so no ALPN is negotiated, except `postgresql`:
-            // a client offering it speaks PostgreSQL whatever the backend, and PostgreSQL 17's
-            // direct SSL refuses a server that does not select it.
-            b.set_alpn_select_callback(|_, offered| {
-                select_next_proto(b"\x0apostgresql", offered).ok_or(AlpnError::NOACK)
-            });
-            Ok(b.build().into_context())
-        })
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let mut ssl = Ssl::new(ctx)?;
+pub fn stream_server_ssl(
+    certs: &CertStore,
+    sni: Option<&str>,
+    groups: &[String],
+) -> Result<Ssl, ErrorStack> {
+    // One context per distinct group list (the listeners' lists are fixed at start: a
+    // handful at most), built on first use.
+    type Contexts = std::sync::Mutex<Vec<(Vec<String>, SslContext)>>;
+    static CONTEXTS: Contexts = std::sync::Mutex::new(Vec::new());
+    let ctx = {
+        let mut contexts = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+        match contexts.iter().find(|(g, _)| g == groups) {
+            Some((_, ctx)) => ctx.clone(),
+            None => {
+                // Mozilla's intermediate profile: TLS 1.2 and 1.3, as the HTTPS listeners allow.
+                let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+                b.set_groups_list(&groups::server_list(groups))?;
+                // The relayed protocol is unknown, so no ALPN is negotiated, except `postgresql`:
+                // a client offering it speaks PostgreSQL whatever the backend, and PostgreSQL 17's
+                // direct SSL refuses a server that does not select it.
+                b.set_alpn_select_callback(|_, offered| {
+                    select_next_proto(b"\x0apostgresql", offered).ok_or(AlpnError::NOACK)
+                });
+                let ctx = b.build().into_context();
+                contexts.push((groups.to_vec(), ctx.clone()));
+                ctx
+            }
+        }
+    };
+    let mut ssl = Ssl::new(&ctx)?;
     install(&mut ssl, certs.lookup(sni))?;
     Ok(ssl)
 }
