@@ -15,6 +15,7 @@ TITLES = {
     "s2": "S2 HTTPS termination (TLS 1.3, ECDSA P-256) -> HTTP upstream (64 connections)",
     "s3": "S3 mTLS downstream (mtls-auth + acl) -> HTTPS upstream verified at depth 1, pooled (64 connections)",
     "s4": "S4 new TLS handshakes per second (one request per connection, no resumption, 32 concurrent)",
+    "s4pq": "S4 with the post-quantum hybrid X25519MLKEM768 (Portcullis only: nginx and HAProxy link Debian's OpenSSL 3.0)",
     "s5bulk": "S5 passthrough by SNI: bulk download (4 connections, 32 MiB responses over end-to-end TLS)",
     "s5conn": "S5 passthrough by SNI: new connections per second (full TLS handshake with the upstream, 32 concurrent)",
 }
@@ -123,7 +124,8 @@ def main(path):
             )
         tls = sorted({f"{r['system']}: {r['tls']}" for r in rs if r.get("tls")})
         if tls:
-            p("Negotiated (client offers only the X25519 group): " + "; ".join(tls))
+            offered = "X25519MLKEM768" if s == "s4pq" else "X25519"
+            p(f"Negotiated (client offers only the {offered} group): " + "; ".join(tls))
         p("")
         pc = agg.get("portcullis")
         peers = [(agg[k]["thr"], k) for k in PEERS if k in agg]
@@ -141,6 +143,27 @@ def main(path):
                     b["thr"] / d["thr"] if d and d["thr"] else None,
                 )
             )
+    pq = [
+        [r for r in load if r["scenario"] == s and r["system"] == "portcullis"]
+        for s in ("s4", "s4pq")
+    ]
+    if all(pq):
+        classic, hybrid = (med([r["rps"] for r in x]) for x in pq)
+        cpu = [
+            med([r["proxy_cpu_s"] / r["requests"] * 1e6 for r in x if r["requests"]])
+            for x in pq
+        ]
+        p("### Post-quantum handshake cost (Portcullis, S4pq against S4)")
+        p("")
+        p("| group | handshakes/s | proxy CPU µs/handshake |")
+        p("|---|---|---|")
+        p(f"| X25519 | {fmt(classic)} | {fmt(cpu[0], 1)} |")
+        p(f"| X25519MLKEM768 | {fmt(hybrid)} | {fmt(cpu[1], 1)} |")
+        p(
+            f"| ratio | {fmt(hybrid / classic if classic else None, 2)}× "
+            f"| {fmt(cpu[1] / cpu[0] if cpu[0] else None, 2)}× |"
+        )
+        p("")
     if summary:
         p("### Ratios (medians of this run)")
         p("")

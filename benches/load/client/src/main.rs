@@ -86,7 +86,7 @@ struct Target {
     addr: std::net::SocketAddr,
     tls: Option<(SslConnector, String)>,
     request: Vec<u8>,
-    /// The cipher suite of the first handshake, for the report.
+    /// The version, cipher suite and key-exchange group of the first handshake, for the report.
     cipher: std::sync::OnceLock<String>,
 }
 
@@ -151,7 +151,8 @@ impl Target {
                 if self.cipher.get().is_none() {
                     let c = s.ssl().current_cipher().map(|c| c.name()).unwrap_or("?");
                     let v = s.ssl().version_str();
-                    let _ = self.cipher.set(format!("{v} {c}"));
+                    let g = portcullis_openssl_ext::negotiated_group(s.ssl()).unwrap_or("?");
+                    let _ = self.cipher.set(format!("{v} {c} {g}"));
                 }
                 Ok((Box::new(s), resumed))
             }
