@@ -7,13 +7,13 @@
 // Registration can only fail on a duplicate name, a programming error caught by any test run.
 #![allow(clippy::expect_used)]
 
-use once_cell::sync::Lazy;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
     IntCounterVec, IntGaugeVec, Opts,
 };
+use std::sync::LazyLock;
 
 /// Latency buckets in seconds: sub-millisecond resolution at the low end for a loopback proxy,
 /// up to a minute for slow upstreams.
@@ -24,7 +24,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 macro_rules! metric {
     ($name:ident, $ty:ty, $reg:ident, $metric:expr, $help:expr, $labels:expr) => {
-        pub static $name: Lazy<$ty> = Lazy::new(|| {
+        pub static $name: LazyLock<$ty> = LazyLock::new(|| {
             $reg!($metric, $help, $labels).expect(concat!("metric ", $metric, " registers once"))
         });
     };
@@ -64,7 +64,7 @@ impl Collector for HttpRequestsFamily {
     }
 }
 
-static HTTP_REQUESTS_VECS: Lazy<(IntCounterVec, IntCounterVec)> = Lazy::new(|| {
+static HTTP_REQUESTS_VECS: LazyLock<(IntCounterVec, IntCounterVec)> = LazyLock::new(|| {
     let vec = |labels: &[&str]| {
         IntCounterVec::new(Opts::new(HTTP_REQUESTS_NAME, HTTP_REQUESTS_HELP), labels)
             .expect("valid metric options")
@@ -80,12 +80,12 @@ static HTTP_REQUESTS_VECS: Lazy<(IntCounterVec, IntCounterVec)> = Lazy::new(|| {
 });
 
 /// `portcullis_http_requests_total{service,route,code}`.
-pub static HTTP_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| HTTP_REQUESTS_VECS.0.clone());
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| HTTP_REQUESTS_VECS.0.clone());
 
 /// `portcullis_http_requests_total{service,route,code,consumer}` (same family as
 /// [`HTTP_REQUESTS`]); only for requests with an identified consumer on `per_consumer` routes.
-pub static HTTP_REQUESTS_BY_CONSUMER: Lazy<IntCounterVec> =
-    Lazy::new(|| HTTP_REQUESTS_VECS.1.clone());
+pub static HTTP_REQUESTS_BY_CONSUMER: LazyLock<IntCounterVec> =
+    LazyLock::new(|| HTTP_REQUESTS_VECS.1.clone());
 
 metric!(
     BANDWIDTH,
@@ -184,7 +184,7 @@ metric!(
     &["result"]
 );
 
-pub static HTTP_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+pub static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "portcullis_http_request_duration_seconds",
         "Time from request received to response finished, by service and route",
@@ -194,7 +194,7 @@ pub static HTTP_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
     .expect("metric registers once")
 });
 
-pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+pub static UPSTREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "portcullis_upstream_duration_seconds",
         "Time from upstream request sent to upstream response headers, by service and route",
@@ -238,7 +238,7 @@ impl Collector for CertificatesExpired {
     }
 }
 
-static CERTIFICATES_EXPIRED: Lazy<()> = Lazy::new(|| {
+static CERTIFICATES_EXPIRED: LazyLock<()> = LazyLock::new(|| {
     let gauge = IntGaugeVec::new(
         Opts::new(
             "portcullis_certificates_expired",
@@ -254,7 +254,7 @@ static CERTIFICATES_EXPIRED: Lazy<()> = Lazy::new(|| {
 /// Records the loaded certificates for `portcullis_certificates_expired`: (kind, notAfter), kind
 /// one of `server`, `client`, `ca`.
 pub fn set_loaded_certificates(certs: Vec<(&'static str, i64)>) {
-    Lazy::force(&CERTIFICATES_EXPIRED);
+    LazyLock::force(&CERTIFICATES_EXPIRED);
     if let Ok(mut loaded) = LOADED_CERT_EXPIRY.lock() {
         *loaded = certs;
     }

@@ -21,6 +21,7 @@ pub fn registry() -> Vec<Box<dyn PluginFactory>> {
         Box::new(portcullis_mtls_auth::Factory),
         Box::new(portcullis_acl::Factory),
         Box::new(portcullis_request_termination::Factory),
+        #[cfg(feature = "example-plugins")]
         Box::new(hello_header::Factory),
         Box::new(portcullis_loggers::FileLogFactory),
         Box::new(portcullis_loggers::HttpLogFactory),

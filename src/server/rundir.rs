@@ -76,7 +76,7 @@ pub fn write_pid_file(path: &Path) -> std::io::Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)?;
     // `mode` applies only when the file is created; an older file keeps its own.
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
