@@ -400,12 +400,8 @@ pub fn update_cert_metrics(config: &Config) {
                 format!("{}#{i}", c.display_name())
             };
             now.push((
-                [
-                    "ca".into(),
-                    name,
-                    crate::config::validate::subject_string(cert),
-                ],
-                crate::config::validate::not_after_unix(cert),
+                ["ca".into(), name, crate::tls::x509::subject_string(cert)],
+                crate::tls::x509::not_after_unix(cert),
             ));
         }
     }

@@ -6,7 +6,7 @@ use super::model::*;
 use super::raw::*;
 use super::yaml::Loc;
 use super::Diags;
-use openssl::hash::MessageDigest;
+use crate::tls::x509::{fingerprint, is_ca, not_after_unix, subject_string};
 use openssl::pkey::PKey;
 use openssl::x509::X509;
 use portcullis_plugin_api as api;
@@ -109,48 +109,6 @@ impl Index {
                 None
             }
         }
-    }
-}
-
-fn fingerprint(c: &X509) -> String {
-    c.digest(MessageDigest::sha256())
-        .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
-        .unwrap_or_default()
-}
-
-/// Whether the certificate carries the CA basic constraint (`CA:TRUE`). The openssl crate has no
-/// accessor for basic constraints; its text form is OpenSSL's own rendering of the extension.
-fn is_ca(cert: &X509) -> bool {
-    let Ok(text) = cert.to_text() else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&text);
-    text.split("X509v3 Basic Constraints")
-        .nth(1)
-        .and_then(|rest| rest.lines().nth(1))
-        .is_some_and(|l| l.trim_start().starts_with("CA:TRUE"))
-}
-
-pub fn subject_string(c: &X509) -> String {
-    c.subject_name()
-        .entries()
-        .filter_map(|e| {
-            let key = e.object().nid().short_name().ok()?;
-            let val = e.data().to_string().ok()?;
-            Some(format!("{key}={val}"))
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-pub fn not_after_unix(c: &X509) -> i64 {
-    let epoch = match openssl::asn1::Asn1Time::from_unix(0) {
-        Ok(t) => t,
-        Err(_) => return 0,
-    };
-    match epoch.diff(c.not_after()) {
-        Ok(diff) => i64::from(diff.days) * 86_400 + i64::from(diff.secs),
-        Err(_) => 0,
     }
 }
 

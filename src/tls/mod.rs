@@ -4,6 +4,7 @@
 
 pub mod groups;
 pub mod upstream;
+pub mod x509;
 
 use crate::config::model::{Certificate, Config};
 use crate::names::{self, NameUse};
@@ -144,8 +145,8 @@ pub fn self_signed() -> Result<Arc<Certificate>, openssl::error::ErrorStack> {
     Ok(Arc::new(Certificate {
         id: "self-signed".into(),
         name: Some("self-signed".into()),
-        subject: crate::config::validate::subject_string(&cert),
-        not_after: crate::config::validate::not_after_unix(&cert),
+        subject: x509::subject_string(&cert),
+        not_after: x509::not_after_unix(&cert),
         fingerprint: String::new(),
         chain: vec![cert],
         key,
