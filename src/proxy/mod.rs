@@ -26,7 +26,6 @@ use portcullis_plugin_api::{
 };
 use respond::{ErrorKind, ResponseSpec};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -76,7 +75,8 @@ pub struct Ctx {
     pub upstream_addr: Option<SocketAddr>,
     /// Targets of the balancer tried for this request.
     tried: Vec<usize>,
-    current_target: Option<usize>,
+    /// The slot held on the balancer target of the current attempt.
+    lease: Option<crate::upstream::Lease>,
     tries: usize,
     pub tls_failure: Option<String>,
     pub tls_version: Option<&'static str>,
@@ -294,7 +294,7 @@ impl ProxyHttp for GatewayProxy {
             upstream_ttfb: None,
             upstream_addr: None,
             tried: Vec::new(),
-            current_target: None,
+            lease: None,
             tries: 0,
             tls_failure: None,
             tls_version: None,
@@ -563,14 +563,9 @@ impl ProxyHttp for GatewayProxy {
         let svc = &route.service;
         let s = &svc.service;
         ctx.tries += 1;
-        if let (Some(b), Some(prev)) = (&svc.balancer, ctx.current_target.take()) {
-            // A retry Pingora decided itself (a pooled connection found dead) skips
-            // fail_to_connect: release the previous attempt's slot, or least-connections would
-            // count it forever.
-            b.targets[prev]
-                .active_connections
-                .fetch_sub(1, Ordering::Relaxed);
-        }
+        // A retry Pingora decided itself (a pooled connection found dead) skips
+        // fail_to_connect: the previous attempt's slot is given back here.
+        ctx.lease = None;
         let addr = if let Some(b) = &svc.balancer {
             let client_ip = ctx.plugin.client_ip.map(|ip| match ip {
                 IpAddr::V4(v4) => v4.octets().to_vec(),
@@ -582,10 +577,7 @@ impl ProxyHttp for GatewayProxy {
             match b.select(key, &ctx.tried) {
                 Some((idx, addr)) => {
                     ctx.tried.push(idx);
-                    ctx.current_target = Some(idx);
-                    b.targets[idx]
-                        .active_connections
-                        .fetch_add(1, Ordering::Relaxed);
+                    ctx.lease = b.lease(idx);
                     addr
                 }
                 None => {
@@ -705,20 +697,16 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(route), Some(idx)) = (&ctx.route, ctx.current_target) {
+        if let (Some(route), Some(lease)) = (&ctx.route, ctx.lease.take()) {
             if let Some(b) = &route.service.balancer {
-                b.targets[idx]
-                    .active_connections
-                    .fetch_sub(1, Ordering::Relaxed);
                 let outcome = if matches!(e.etype(), ErrorType::ConnectTimedout) {
                     Outcome::Timeout
                 } else {
                     Outcome::TcpFailure
                 };
-                b.report_passive(idx, outcome);
+                b.report_passive(lease.idx, outcome);
             }
         }
-        ctx.current_target = None;
         let retries = ctx
             .route
             .as_ref()
@@ -773,7 +761,7 @@ impl ProxyHttp for GatewayProxy {
         let original_host = ctx.original_host.clone().unwrap_or_default();
         if !r.preserve_host {
             let host = match &route.service.balancer {
-                Some(b) => match (&b.upstream.host_header, ctx.current_target) {
+                Some(b) => match (&b.upstream.host_header, ctx.lease.as_ref().map(|l| l.idx)) {
                     (Some(h), _) => h.clone(),
                     (None, Some(i)) => {
                         let t = &b.targets[i];
@@ -881,9 +869,12 @@ impl ProxyHttp for GatewayProxy {
         if let Some(t) = ctx.upstream_start {
             ctx.upstream_ttfb = Some(t.elapsed().as_secs_f64());
         }
-        if let (Some(route), Some(idx)) = (&ctx.route, ctx.current_target) {
+        if let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) {
             if let Some(b) = &route.service.balancer {
-                b.report_passive(idx, Outcome::Status(upstream_response.status.as_u16()));
+                b.report_passive(
+                    lease.idx,
+                    Outcome::Status(upstream_response.status.as_u16()),
+                );
             }
         }
         Ok(())
@@ -948,16 +939,13 @@ impl ProxyHttp for GatewayProxy {
                 .with_label_values(&[&*route.route.service.name, reason])
                 .inc();
         }
-        if let (Some(route), Some(idx)) = (&ctx.route, ctx.current_target.take()) {
+        if let (Some(route), Some(lease)) = (&ctx.route, ctx.lease.take()) {
             if let Some(b) = &route.service.balancer {
-                b.targets[idx]
-                    .active_connections
-                    .fetch_sub(1, Ordering::Relaxed);
                 if matches!(
                     e.etype(),
                     ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 ) {
-                    b.report_passive(idx, Outcome::Timeout);
+                    b.report_passive(lease.idx, Outcome::Timeout);
                 }
             }
         }
@@ -988,13 +976,8 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if let (Some(route), Some(idx)) = (&ctx.route, ctx.current_target.take()) {
-            if let Some(b) = &route.service.balancer {
-                b.targets[idx]
-                    .active_connections
-                    .fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        // The request is over: its target slot is free for least-connections again.
+        ctx.lease = None;
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

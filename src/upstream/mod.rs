@@ -41,6 +41,23 @@ impl TargetState {
     }
 }
 
+/// A connection slot on one target, counted by least-connections balancing while it is held and
+/// given back when dropped: on a retry, a failure or the request's end, whichever comes first,
+/// and exactly once.
+pub struct Lease {
+    target: Arc<TargetState>,
+    /// The target's index in its balancer.
+    pub idx: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.target
+            .active_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What happened on one attempt, for passive checks and probes.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {
@@ -234,6 +251,13 @@ impl Balancer {
     }
 
     /// Hash key for consistent hashing, from the request.
+    /// Takes a connection slot on target `idx` (from [`Balancer::select`]).
+    pub fn lease(&self, idx: usize) -> Option<Lease> {
+        let target = self.targets.get(idx)?.clone();
+        target.active_connections.fetch_add(1, Ordering::Relaxed);
+        Some(Lease { target, idx })
+    }
+
     pub fn hash_key<'a>(
         &self,
         client_ip: Option<&'a [u8]>,
