@@ -3,6 +3,9 @@
 //! builds, then run exactly as the walkthrough configures it; request-termination; and Kong's
 //! plugin precedence with real requests, consumers identified by client certificates (mtls-auth).
 
+// Without `example-plugins` the hello-header tests are compiled out, leaving their helpers unused.
+#![cfg_attr(not(feature = "example-plugins"), allow(dead_code))]
+
 mod common;
 
 use std::collections::BTreeSet;
