@@ -164,7 +164,7 @@ fn reload(
     previous: Option<&Runtime>,
 ) -> (Runtime, Timing) {
     let t0 = Instant::now();
-    let (config, _warnings) = match portcullis::config::load(dir) {
+    let (config, _warnings) = match portcullis::config::load(dir, portcullis::plugin::registry()) {
         Ok(c) => c,
         Err(e) => panic!("the generated configuration does not load:\n{e}"),
     };

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Command::Check { conf } => check(&conf_dir(conf)),
         Command::Run { conf, upgrade } => {
             let dir = conf_dir(conf);
-            match portcullis::config::load(&dir) {
+            match portcullis::config::load(&dir, portcullis::plugin::registry()) {
                 Ok((config, warnings)) => {
                     portcullis::logging::init(&config.server);
                     for w in &warnings {
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
 }
 
 fn check(dir: &std::path::Path) -> ExitCode {
-    match portcullis::config::load(dir) {
+    match portcullis::config::load(dir, portcullis::plugin::registry()) {
         Ok((config, warnings)) => {
             for w in &warnings {
                 println!("{w}");

@@ -113,7 +113,8 @@ mod tests {
             "_format_version: \"3.0\"\nservices:\n  - name: s\n    url: http://127.0.0.1:9\n    routes:\n      - {route}\n"
         );
         std::fs::write(dir.path().join("gateway.yaml"), yaml).expect("write");
-        let (config, _) = crate::config::load(dir.path()).expect("configuration loads");
+        let (config, _) = crate::config::load(dir.path(), crate::plugin::registry())
+            .expect("configuration loads");
         Router::new(&config.routes)
     }
 

@@ -98,7 +98,7 @@ pub fn load(files: &[(String, String)]) -> (tempfile::TempDir, Arc<Config>) {
 }
 
 pub fn load_dir(dir: &Path) -> Arc<Config> {
-    match portcullis::config::load(dir) {
+    match portcullis::config::load(dir, portcullis::plugin::registry()) {
         Ok((config, _warnings)) => config,
         Err(e) => panic!("bench configuration does not load:\n{e}"),
     }

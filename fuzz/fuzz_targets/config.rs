@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let dir = Path::new("/nonexistent/portcullis-fuzz");
     let sources = [(dir.join("gateway.yaml"), text.to_string())];
-    match load_texts(dir, &sources) {
+    match load_texts(dir, &sources, portcullis::plugin::registry()) {
         Ok((config, warnings)) => {
             for w in &warnings {
                 check_diag(&w.to_string());

@@ -9,6 +9,7 @@ pub mod raw;
 pub mod validate;
 pub mod yaml;
 
+use portcullis_plugin_api as api;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -109,7 +110,7 @@ pub fn display_path(p: &Path) -> String {
 }
 
 /// Load and validate a conf directory into a whole configuration, or report every error.
-pub fn load(dir: &Path) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
+pub fn load(dir: &Path, registry: &api::Registry) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
     let mut d = Diags::default();
     let dir_loc = Loc {
         file: Arc::from(display_path(dir)),
@@ -165,7 +166,7 @@ pub fn load(dir: &Path) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
         };
         sources.push((file.clone(), text));
     }
-    load_sources(dir, &sources, d)
+    load_sources(dir, &sources, registry, d)
 }
 
 /// Parse, read and validate conf file texts already in memory, exactly as `load` does once it
@@ -175,13 +176,15 @@ pub fn load(dir: &Path) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
 pub fn load_texts(
     dir: &Path,
     sources: &[(PathBuf, String)],
+    registry: &api::Registry,
 ) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
-    load_sources(dir, sources, Diags::default())
+    load_sources(dir, sources, registry, Diags::default())
 }
 
 fn load_sources(
     dir: &Path,
     sources: &[(PathBuf, String)],
+    registry: &api::Registry,
     mut d: Diags,
 ) -> Result<(Arc<Config>, Vec<Diag>), LoadError> {
     let mut doc = raw::RawDoc::default();
@@ -190,13 +193,13 @@ fn load_sources(
         match yaml::parse(&name, text) {
             Ok(root) => {
                 let mut file_doc = raw::RawDoc::default();
-                raw::read_root(&root, &mut file_doc, &mut d);
+                raw::read_root(&root, &mut file_doc, registry, &mut d);
                 merge(&mut doc, file_doc, &mut d);
             }
             Err((loc, msg)) => d.err(&loc, "", msg),
         }
     }
-    let config = validate::validate(dir, doc, sources, &mut d);
+    let config = validate::validate(dir, doc, sources, registry, &mut d);
     match config {
         Some(c) if d.errors.is_empty() => Ok((Arc::new(c), d.warnings)),
         _ => Err(LoadError { diags: d }),
@@ -252,11 +255,13 @@ mod load_texts_tests {
             dir.join("a.yaml"),
             "_format_version: \"3.0\"\nservices:\n  - name: s\n    url: http://127.0.0.1:1\n    routes:\n      - name: r\n        paths: [/x]\n".to_string(),
         )];
-        let (config, _) = load_texts(dir, &ok).expect("valid config loads");
+        let (config, _) =
+            load_texts(dir, &ok, crate::plugin::registry()).expect("valid config loads");
         assert_eq!(config.routes.len(), 1);
 
         let bad = [(dir.join("b.yaml"), "services: [: \n".to_string())];
-        let err = load_texts(dir, &bad).expect_err("broken YAML is refused");
+        let err =
+            load_texts(dir, &bad, crate::plugin::registry()).expect_err("broken YAML is refused");
         assert!(
             err.to_string().starts_with("/nonexistent/b.yaml:1:"),
             "{err}"

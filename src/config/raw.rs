@@ -4,6 +4,7 @@
 use super::kong;
 use super::yaml::{Kind, Loc, Node};
 use super::{Diag, Diags};
+use portcullis_plugin_api as api;
 use std::time::Duration;
 
 /// Kong's bound on timeouts (2^31 - 2 ms, about 24.8 days); it also keeps every `Instant +
@@ -227,6 +228,7 @@ impl<'a> Obj<'a> {
         &mut self,
         d: &mut Diags,
         top_level: bool,
+        registry: &api::Registry,
     ) -> Vec<RawPluginCredential> {
         let Kind::Map(entries) = &self.node.kind else {
             return Vec::new();
@@ -234,7 +236,7 @@ impl<'a> Obj<'a> {
         let mut out = Vec::new();
         for (k, _) in entries {
             let Some(key) = k.as_str() else { continue };
-            let Some(kind) = crate::plugin::credential_kind(key) else {
+            let Some(kind) = registry.credential_kind(key) else {
                 continue;
             };
             let collection = kind.collection;
@@ -748,7 +750,7 @@ pub struct RawCredential {
 // Readers
 
 /// Read one file's root mapping into `doc` (appending list entities).
-pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
+pub fn read_root(root: &Node, doc: &mut RawDoc, registry: &api::Registry, d: &mut Diags) {
     let Some(mut o) = Obj::new(root, "", d) else {
         return;
     };
@@ -838,7 +840,8 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
     doc.upstreams.extend(o.objs("upstreams", d, read_upstream));
     let targets = o.objs("targets", d, |t, d| read_target(t, d, true));
     doc.targets.extend(targets);
-    doc.consumers.extend(o.objs("consumers", d, read_consumer));
+    doc.consumers
+        .extend(o.objs("consumers", d, |o, d| read_consumer(o, registry, d)));
     let plugins = o.objs("plugins", d, |p, d| read_plugin(p, d, true));
     doc.plugins.extend(plugins);
     let acls = o.objs("acls", d, |a, d| read_acl(a, d, true));
@@ -861,7 +864,7 @@ pub fn read_root(root: &Node, doc: &mut RawDoc, d: &mut Diags) {
         })
     });
     doc.snis.extend(snis);
-    let creds = o.plugin_credentials(d, true);
+    let creds = o.plugin_credentials(d, true, registry);
     doc.plugin_credentials.extend(creds);
     let version = doc.format_version.as_ref().map(|v| v.v.clone());
     if let Some(v @ ("1.1" | "2.1")) = version.as_deref() {
@@ -1306,7 +1309,7 @@ fn read_target(mut o: Obj<'_>, d: &mut Diags, top_level: bool) -> Option<RawTarg
     Some(t)
 }
 
-fn read_consumer(mut o: Obj<'_>, d: &mut Diags) -> Option<RawConsumer> {
+fn read_consumer(mut o: Obj<'_>, registry: &api::Registry, d: &mut Diags) -> Option<RawConsumer> {
     let c = RawConsumer {
         id: o.str("id", d),
         username: o.str("username", d),
@@ -1322,7 +1325,7 @@ fn read_consumer(mut o: Obj<'_>, d: &mut Diags) -> Option<RawConsumer> {
         path: o.path.clone(),
     };
     let mut c = c;
-    c.plugin_credentials = o.plugin_credentials(d, false);
+    c.plugin_credentials = o.plugin_credentials(d, false, registry);
     if c.username.is_none() && c.custom_id.is_none() {
         d.err(
             &c.loc,
@@ -1404,7 +1407,7 @@ mod tests {
         let node = yaml::parse(&f, text).expect("yaml");
         let mut doc = RawDoc::default();
         let mut d = Diags::default();
-        read_root(&node, &mut doc, &mut d);
+        read_root(&node, &mut doc, crate::plugin::registry(), &mut d);
         (doc, d)
     }
 

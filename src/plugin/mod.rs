@@ -8,58 +8,41 @@ pub mod prometheus;
 pub use chain::{Chain, RoutePlugins};
 
 use crate::config::model::{Config, PluginInstance, Route};
-use portcullis_plugin_api::credentials::CredentialKind;
-use portcullis_plugin_api::{Phases, Plugin, PluginFactory};
+use portcullis_plugin_api::{Phases, Plugin, Registry};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-/// Every plugin the gateway can configure. To add your own plugin, add one line here (see the
-/// README, "Write a plugin").
-pub fn registry() -> Vec<Box<dyn PluginFactory>> {
-    vec![
-        Box::new(prometheus::Factory),
-        Box::new(portcullis_mtls_auth::Factory),
-        Box::new(portcullis_acl::Factory),
-        Box::new(portcullis_request_termination::Factory),
-        #[cfg(feature = "example-plugins")]
-        Box::new(hello_header::Factory),
-        Box::new(portcullis_loggers::FileLogFactory),
-        Box::new(portcullis_loggers::HttpLogFactory),
-        Box::new(portcullis_loggers::TcpLogFactory),
-        Box::new(portcullis_loggers::UdpLogFactory),
-        Box::new(portcullis_key_auth::Factory),
-        Box::new(portcullis_basic_auth::Factory),
-        Box::new(portcullis_jwt::Factory),
-        Box::new(portcullis_hmac_auth::Factory),
-        #[cfg(feature = "test-plugins")]
-        Box::new(portcullis_testkit::Factory),
-        Box::new(portcullis_rate_limiting::Factory),
-        Box::new(portcullis_request_size_limiting::Factory),
-        Box::new(portcullis_ip_restriction::Factory),
-        Box::new(portcullis_cors::Factory),
-        Box::new(portcullis_request_transformer::Factory),
-        Box::new(portcullis_response_transformer::Factory),
-        Box::new(portcullis_correlation_id::Factory),
-    ]
-}
-
-/// Every credential collection the registered plugins declare.
-pub fn credential_kinds() -> &'static [&'static CredentialKind] {
-    static KINDS: OnceLock<Vec<&'static CredentialKind>> = OnceLock::new();
-    KINDS.get_or_init(|| {
-        registry()
-            .iter()
-            .flat_map(|f| f.credential_kinds().iter())
-            .collect()
+/// Every plugin the gateway can configure, built once and handed to configuration loading. To
+/// add your own plugin, add one line to this list (see the README, "Write a plugin").
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Registry::new(vec![
+            Box::new(prometheus::Factory),
+            Box::new(portcullis_mtls_auth::Factory),
+            Box::new(portcullis_acl::Factory),
+            Box::new(portcullis_request_termination::Factory),
+            #[cfg(feature = "example-plugins")]
+            Box::new(hello_header::Factory),
+            Box::new(portcullis_loggers::FileLogFactory),
+            Box::new(portcullis_loggers::HttpLogFactory),
+            Box::new(portcullis_loggers::TcpLogFactory),
+            Box::new(portcullis_loggers::UdpLogFactory),
+            Box::new(portcullis_key_auth::Factory),
+            Box::new(portcullis_basic_auth::Factory),
+            Box::new(portcullis_jwt::Factory),
+            Box::new(portcullis_hmac_auth::Factory),
+            #[cfg(feature = "test-plugins")]
+            Box::new(portcullis_testkit::Factory),
+            Box::new(portcullis_rate_limiting::Factory),
+            Box::new(portcullis_request_size_limiting::Factory),
+            Box::new(portcullis_ip_restriction::Factory),
+            Box::new(portcullis_cors::Factory),
+            Box::new(portcullis_request_transformer::Factory),
+            Box::new(portcullis_response_transformer::Factory),
+            Box::new(portcullis_correlation_id::Factory),
+        ])
     })
-}
-
-/// The declared credential kind named `collection`, if any plugin owns it.
-pub fn credential_kind(collection: &str) -> Option<&'static CredentialKind> {
-    credential_kinds()
-        .iter()
-        .copied()
-        .find(|k| k.collection == collection)
 }
 
 /// Specificity of an instance for (route, service, consumer); None when it does not apply.

@@ -521,7 +521,8 @@ mod tests {
     fn router_from(yaml: &str) -> Router {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("gateway.yaml"), yaml).expect("write");
-        let (config, _) = crate::config::load(dir.path()).expect("configuration loads");
+        let (config, _) = crate::config::load(dir.path(), crate::plugin::registry())
+            .expect("configuration loads");
         Router::new(&config.routes)
     }
 

@@ -238,7 +238,7 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 fn try_reload(gw: &Gateway) -> Result<(), String> {
     let started = Instant::now();
     let old = gw.shared.load_full();
-    match config::load(&gw.conf_dir) {
+    match config::load(&gw.conf_dir, crate::plugin::registry()) {
         Ok((cfg, warnings)) => {
             if cfg.hash == old.config.hash {
                 CONFIG_RELOADS.with_label_values(&["success"]).inc();

@@ -32,8 +32,11 @@ use std::sync::{Arc, Mutex};
 pub mod auth;
 pub mod background;
 pub mod credentials;
+mod registry;
 pub mod serialize;
 pub mod state;
+
+pub use registry::Registry;
 
 pub use async_trait::async_trait;
 pub use bytes;
