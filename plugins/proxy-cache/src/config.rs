@@ -80,11 +80,8 @@ impl MimeType {
         };
         let mut params = Vec::new();
         for p in parts {
-            let p = p.trim();
-            if p.is_empty() {
-                continue;
-            }
-            let (k, v) = p.split_once('=')?;
+            // An empty parameter (`application/xml;`) makes the whole type invalid, as in Kong.
+            let (k, v) = p.trim().split_once('=')?;
             let v = v.trim();
             let v = v
                 .strip_prefix('"')
@@ -183,7 +180,10 @@ impl Config {
             .unwrap_or_else(|| vec!["GET".into(), "HEAD".into()]);
         let mut request_method = Vec::new();
         for (i, m) in methods.iter().enumerate() {
-            match METHODS.contains(&m.as_str()).then(|| m.parse::<http::Method>()) {
+            match METHODS
+                .contains(&m.as_str())
+                .then(|| m.parse::<http::Method>())
+            {
                 Some(Ok(m)) => request_method.push(m),
                 _ => errors.push(ConfigError::new(
                     format!("request_method[{i}]"),
@@ -236,7 +236,7 @@ impl Config {
         let max_entry_size = sized(
             "max_entry_size",
             memory.max_entry_size.as_ref(),
-            DEFAULT_MAX_ENTRY_SIZE,
+            DEFAULT_MAX_ENTRY_SIZE.min(max_size),
         );
         if max_size < 64 * 1024 {
             errors.push(ConfigError::new(
@@ -352,7 +352,9 @@ mod tests {
         assert_eq!(c.max_size, 2 * 1024 * 1024);
         assert_eq!(c.max_entry_size, 4096);
         assert!(!c.header_age && c.header_status && !c.header_key);
-        let e = errors(json!({"strategy": "memory", "memory": {"max_size": "1m", "max_entry_size": "2m"}}));
+        let e = errors(
+            json!({"strategy": "memory", "memory": {"max_size": "1m", "max_entry_size": "2m"}}),
+        );
         assert_eq!(e[0].0, "memory.max_entry_size");
     }
 
@@ -369,5 +371,9 @@ mod tests {
             .unwrap()
             .accepts(&MimeType::parse("image/png").unwrap()));
         assert!(MimeType::parse("nonsense").is_none());
+        assert!(MimeType::parse("application/xml;").is_none());
+        assert!(MimeType::parse("*/*")
+            .unwrap()
+            .accepts(&MimeType::parse("application/xml").unwrap()));
     }
 }

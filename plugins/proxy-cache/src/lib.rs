@@ -86,8 +86,9 @@ pub struct ProxyCache {
 enum State {
     /// Answered from the cache: the response phases leave it alone.
     Served,
-    /// Cacheable, not answered: capture the upstream response under this key.
-    Wanted { key: [u8; 32] },
+    /// Cacheable, not answered: capture the upstream response under this key. `head`: the
+    /// response has no body to wait for.
+    Wanted { key: [u8; 32], head: bool },
     /// Capturing a cacheable response.
     Capturing(Box<Capture>),
 }
@@ -194,6 +195,10 @@ impl ProxyCache {
 
     /// Kong's `build_cache_key`: sha256 of `prefix|method|path|params|headers`.
     fn cache_key(&self, req: &RequestView<'_>, ctx: &RequestCtx) -> [u8; 32] {
+        openssl::sha::sha256(self.key_text(req, ctx).as_bytes())
+    }
+
+    fn key_text(&self, req: &RequestView<'_>, ctx: &RequestCtx) -> String {
         let route = ctx.route_info.as_ref().map(|r| r.id.as_str());
         let consumer = ctx.consumer.as_ref().map(|c| c.id.as_str());
         let prefix = match (consumer, route) {
@@ -255,13 +260,12 @@ impl ProxyCache {
             push_component(&mut headers, field, v);
         }
 
-        let text = format!(
+        format!(
             "{prefix}|{}|{path}|{}|{}",
             req.method,
             params.join(":"),
             headers.join(":")
-        );
-        openssl::sha::sha256(text.as_bytes())
+        )
     }
 
     /// Whether a stored entry may answer: Kong refreshes when the client's Cache-Control asks
@@ -382,6 +386,7 @@ impl Plugin for ProxyCache {
             return Flow::Continue;
         }
         let key = self.cache_key(req, ctx);
+        let head = req.method == http::Method::HEAD;
         if self.diagnostic(self.config.header_key, req) {
             ctx.set_response_header("X-Cache-Key", &hex(&key));
         }
@@ -391,13 +396,13 @@ impl Plugin for ProxyCache {
                 ctx.extensions.insert(State::Served);
                 return Flow::Respond(PluginResponse::raw(504, Vec::new()));
             }
-            ctx.extensions.insert(State::Wanted { key });
+            ctx.extensions.insert(State::Wanted { key, head });
             self.set_status(req, ctx, "Miss");
             return Flow::Continue;
         };
         let now = store::unix_now();
         if !self.fresh_enough(&entry, &cc, now) {
-            ctx.extensions.insert(State::Wanted { key });
+            ctx.extensions.insert(State::Wanted { key, head });
             self.set_status(req, ctx, "Refresh");
             return Flow::Continue;
         }
@@ -406,7 +411,7 @@ impl Plugin for ProxyCache {
     }
 
     fn response_headers(&self, resp: &mut ResponseHead<'_>, ctx: &mut RequestCtx) {
-        let Some(State::Wanted { key }) = ctx.extensions.get::<State>().cloned() else {
+        let Some(State::Wanted { key, head }) = ctx.extensions.get::<State>().cloned() else {
             return;
         };
         ctx.extensions.remove::<State>();
@@ -434,13 +439,20 @@ impl Plugin for ProxyCache {
                 }
             }
         }
-        ctx.extensions.insert(State::Capturing(Box::new(Capture {
+        let capture = Capture {
             key,
             status: resp.status,
             headers,
             ttl,
             body: BytesMut::new(),
-        })));
+        };
+        if head {
+            // Pingora never runs the body filter for a HEAD response; Kong stores its empty
+            // body.
+            self.store(capture);
+        } else {
+            ctx.extensions.insert(State::Capturing(Box::new(capture)));
+        }
     }
 
     fn response_body(&self, chunk: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {

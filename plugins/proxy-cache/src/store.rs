@@ -138,7 +138,9 @@ mod tests {
         }
         assert!(s.get(&[0; 32], now).is_none(), "first entry still there");
         assert!(s.get(&[199; 32], now).is_some(), "last entry evicted");
-        let live = (0..200u8).filter(|i| s.get(&[*i; 32], now).is_some()).count();
+        let live = (0..200u8)
+            .filter(|i| s.get(&[*i; 32], now).is_some())
+            .count();
         assert!(live <= 64 * 1024 / 2000, "{live} entries of 2 KB in 64 KiB");
     }
 

@@ -18,7 +18,17 @@ fn ctx(route: &str) -> RequestCtx {
     }
 }
 
-fn key(p: &ProxyCache, method: &str, uri: &str, headers: &[(&str, &str)], c: &RequestCtx) -> String {
+fn key(p: &ProxyCache, method: &str, uri: &str, h: &[(&str, &str)], c: &RequestCtx) -> String {
+    hex(&openssl::sha::sha256(text(p, method, uri, h, c).as_bytes()))
+}
+
+fn text(
+    p: &ProxyCache,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    c: &RequestCtx,
+) -> String {
     let method: http::Method = method.parse().unwrap();
     let uri: http::Uri = uri.parse().unwrap();
     let mut h = http::HeaderMap::new();
@@ -33,7 +43,33 @@ fn key(p: &ProxyCache, method: &str, uri: &str, headers: &[(&str, &str)], c: &Re
         uri: &uri,
         headers: &h,
     };
-    hex(&p.cache_key(&req, c))
+    p.key_text(&req, c)
+}
+
+#[test]
+fn key_components_read_as_kongs_cache_key_spec() {
+    let c = ctx("r1");
+    let all = plugin(json!({"strategy": "memory"}));
+    assert_eq!(
+        text(&all, "GET", "/a?b=2&a=1", &[], &c),
+        "r1|GET|/a|a=1:b=2|"
+    );
+    assert_eq!(text(&all, "GET", "/a", &[], &c), "r1|GET|/a||");
+    let some = plugin(
+        json!({"strategy": "memory", "vary_query_params": ["a", "b", "c"],
+        "vary_headers": ["a", "b", "c"]}),
+    );
+    assert_eq!(
+        text(
+            &some,
+            "GET",
+            "/a?a=2&b=2&a=1&d=4",
+            &[("a", "2"), ("a", "1"), ("b", "2")],
+            &c
+        ),
+        "r1|GET|/a|a=1,2:b=2|a=1,2:b=2"
+    );
+    assert_eq!(text(&some, "GET", "/a?a", &[], &c), "r1|GET|/a|a|");
 }
 
 #[test]
@@ -41,7 +77,11 @@ fn the_key_follows_kongs_components() {
     let p = plugin(json!({"strategy": "memory"}));
     let c = ctx("r1");
     let k = |uri: &str| key(&p, "GET", uri, &[], &c);
-    assert_eq!(k("/a?x=1&y=2"), k("/a?y=2&x=1"), "query order is irrelevant");
+    assert_eq!(
+        k("/a?x=1&y=2"),
+        k("/a?y=2&x=1"),
+        "query order is irrelevant"
+    );
     assert_ne!(k("/a?x=1"), k("/a?x=2"));
     assert_ne!(k("/a"), k("/A"));
     assert_eq!(k("/a?x=1&x=2"), k("/a?x=2&x=1"), "repeated values sorted");
@@ -66,7 +106,10 @@ fn vary_settings_narrow_and_widen_the_key() {
     let k = |uri: &str, h: &[(&str, &str)]| key(&p, "GET", uri, h, &c);
     assert_eq!(k("/a?x=1&other=2", &[]), k("/A?x=1", &[]));
     assert_ne!(k("/a?x=1", &[]), k("/a?x=2", &[]));
-    assert_ne!(k("/a", &[("x-team", "red")]), k("/a", &[("x-team", "blue")]));
+    assert_ne!(
+        k("/a", &[("x-team", "red")]),
+        k("/a", &[("x-team", "blue")])
+    );
     assert_eq!(
         k("/a", &[("x-team", "a"), ("x-team", "b")]),
         k("/a", &[("x-team", "b"), ("x-team", "a")])
@@ -154,7 +197,11 @@ fn responses_are_cacheable_as_kong_decides() {
         cacheable(&p, 200, &[json, ("cache-control", "max-age=5")]),
         Some(5.0)
     );
-    for cc in ["private, max-age=5", "no-store, max-age=5", "no-cache, max-age=5"] {
+    for cc in [
+        "private, max-age=5",
+        "no-store, max-age=5",
+        "no-cache, max-age=5",
+    ] {
         assert_eq!(cacheable(&p, 200, &[json, ("cache-control", cc)]), None);
     }
 }
