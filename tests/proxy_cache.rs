@@ -414,3 +414,41 @@ fn bad_configuration_is_located() {
         out.all()
     );
 }
+
+#[test]
+fn each_consumer_has_its_own_entries() {
+    let echo = HttpEcho::start("echo");
+    let gw = Gateway::start(&format!(
+        r#"consumers:
+- username: alice
+  keyauth_credentials: [{{key: alice-key}}]
+- username: bob
+  keyauth_credentials: [{{key: bob-key}}]
+services:
+- name: echo
+  url: {}
+  routes:
+  - name: private
+    paths: [/private]
+    plugins:
+    - name: key-auth
+    - name: proxy-cache
+      config: {{strategy: memory}}
+"#,
+        echo.url()
+    ));
+    let as_user = |key: &str| get(&gw, "/private").header(&format!("apikey: {key}"));
+    let alice = as_user("alice-key").run();
+    assert_eq!(status(&alice), "Miss");
+    let bob = as_user("bob-key").run();
+    assert_eq!(status(&bob), "Miss", "another consumer, another entry");
+    assert_ne!(alice.header("x-cache-key"), bob.header("x-cache-key"));
+    let again = as_user("alice-key").run();
+    assert_eq!(status(&again), "Hit");
+    assert_eq!(
+        again.echo_header("x-consumer-username").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(as_user("wrong").run().status, 401);
+    assert_eq!(echo.requests(), 2);
+}
