@@ -148,9 +148,9 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, spec: ResponseSpec) -> R
                 vec![("location".into(), location)],
             ),
             ResponseSpec::Plugin(p) => {
-                let (body, ct) = match (&p.body, &p.message) {
+                let (body, ct) = match (p.body, &p.message) {
                     (Some(b), _) => (
-                        bytes::Bytes::from(b.clone()),
+                        bytes::Bytes::from(b),
                         p.content_type
                             .clone()
                             .unwrap_or_else(|| "application/octet-stream".into()),
@@ -163,7 +163,7 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, spec: ResponseSpec) -> R
                     // (its proxy's `default_type` is empty): a CORS preflight answer has none.
                     (None, None) => (bytes::Bytes::new(), String::new()),
                 };
-                (p.status, body, ct, p.headers.clone())
+                (p.status, body, ct, p.headers)
             }
         };
     ctx.responded = Some(status);

@@ -137,7 +137,12 @@ impl Directives {
     }
 
     fn number(&self, name: &str) -> Option<f64> {
-        self.get(name)?.as_deref()?.parse::<f64>().ok()
+        // Finite only: `max-age=inf` or `nan` would make no sense of a lifetime.
+        self.get(name)?
+            .as_deref()?
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
     }
 }
 
@@ -358,9 +363,11 @@ impl ProxyCache {
 }
 
 fn hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);
     for x in b {
-        s.push_str(&format!("{x:02x}"));
+        s.push(DIGITS[(x >> 4) as usize] as char);
+        s.push(DIGITS[(x & 15) as usize] as char);
     }
     s
 }
