@@ -41,6 +41,7 @@ pub fn registry() -> &'static Registry {
             Box::new(portcullis_request_transformer::Factory),
             Box::new(portcullis_response_transformer::Factory),
             Box::new(portcullis_correlation_id::Factory),
+            Box::new(portcullis_proxy_cache::Factory),
         ])
     })
 }

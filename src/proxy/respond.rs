@@ -148,9 +148,9 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, spec: ResponseSpec) -> R
                 vec![("location".into(), location)],
             ),
             ResponseSpec::Plugin(p) => {
-                let (body, ct) = match (&p.body, &p.message) {
+                let (body, ct) = match (p.body, &p.message) {
                     (Some(b), _) => (
-                        bytes::Bytes::from(b.clone()),
+                        bytes::Bytes::from(b),
                         p.content_type
                             .clone()
                             .unwrap_or_else(|| "application/octet-stream".into()),
@@ -163,7 +163,7 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, spec: ResponseSpec) -> R
                     // (its proxy's `default_type` is empty): a CORS preflight answer has none.
                     (None, None) => (bytes::Bytes::new(), String::new()),
                 };
-                (p.status, body, ct, p.headers.clone())
+                (p.status, body, ct, p.headers)
             }
         };
     ctx.responded = Some(status);
@@ -174,13 +174,21 @@ pub async fn send(session: &mut Session, ctx: &mut Ctx, spec: ResponseSpec) -> R
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header("x-request-id", rid.as_str())?;
     resp.insert_header(http::header::SERVER, "portcullis")?;
+    let mut given: Vec<http::HeaderName> = Vec::new();
     for (k, v) in extra {
         // Plugin-provided headers that do not parse are dropped rather than failing the response.
         if let (Ok(n), Ok(v)) = (
             http::HeaderName::from_bytes(k.as_bytes()),
             http::HeaderValue::from_str(&v),
         ) {
-            resp.insert_header(n, v)?;
+            // The first value of a name replaces the gateway's default; later ones of the same
+            // name are kept beside it (a replayed response's two Set-Cookie headers).
+            if given.contains(&n) {
+                resp.append_header(n, v)?;
+            } else {
+                given.push(n.clone());
+                resp.insert_header(n, v)?;
+            }
         }
     }
     for (n, v) in std::mem::take(&mut ctx.plugin.response_headers) {

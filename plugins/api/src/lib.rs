@@ -455,6 +455,8 @@ pub struct PluginResponse {
     /// A raw body instead of the message JSON.
     pub body: Option<Vec<u8>>,
     pub content_type: Option<String>,
+    /// Sent in order; the first of a name replaces the gateway's default (`Content-Type`,
+    /// `Server`), later ones of the same name are added beside it.
     pub headers: Vec<(String, String)>,
 }
 
