@@ -348,3 +348,17 @@ fn a_remember_cookie_restarts_an_expired_session() {
         .collect();
     assert_eq!(names, ["remember", "session"]);
 }
+
+#[test]
+fn without_a_secret_instances_of_one_process_share_a_random_one() {
+    let a = plugin(serde_json::json!({}));
+    let b = plugin(serde_json::json!({}));
+    let (_, c) = a.save(Kind::Session, data(), None, now()).unwrap();
+    assert!(b
+        .open(&headers(Some(pair(&c))), Kind::Session, now())
+        .is_ok());
+    let other = plugin(serde_json::json!({"secret": "x"}));
+    assert!(other
+        .open(&headers(Some(pair(&c))), Kind::Session, now())
+        .is_err());
+}
