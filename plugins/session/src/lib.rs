@@ -681,7 +681,7 @@ impl Session {
         let abs = open.at as f64 - m.creation as f64;
         let rolling = abs - m.rolling_offset as f64;
         let idling = rolling - m.idling_offset as f64;
-        let left = |timeout: f64, elapsed: f64| (timeout > 0.0).then(|| timeout - elapsed);
+        let left = |timeout: f64, elapsed: f64| (timeout > 0.0).then_some(timeout - elapsed);
         Some(match p {
             Property::Id => cookie::sid_text(&m.sid),
             Property::Audience => open.data.a.clone(),
