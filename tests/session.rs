@@ -95,6 +95,20 @@ services:
         cookie_name: idle
         cookie_secure: false
         idling_timeout: 2
+  - name: remember
+    paths: [/remember]
+    plugins:
+    - name: key-auth
+      config: {{anonymous: guest}}
+    - name: session
+      config:
+        secret: {secret}
+        cookie_name: rsession
+        cookie_path: /remember
+        cookie_secure: false
+        idling_timeout: 1
+        remember: true
+        remember_cookie_name: rremember
   - name: rolling
     paths: [/rolling]
     plugins:
@@ -369,6 +383,51 @@ fn a_session_is_renewed_after_three_quarters_of_its_rolling_timeout() {
     let renewed = renewed.unwrap();
     assert_ne!(renewed, first);
     assert_alice(&s.at("/rolling").header(&format!("Cookie: {renewed}")).run());
+}
+
+#[test]
+fn a_remember_cookie_outlives_the_session_cookie_until_logout() {
+    let s = setup();
+    let r = s.at("/remember").header("apikey: alice-key").run();
+    assert_alice(&r);
+    let (session, _) = split(session_cookie(&r, "rsession"));
+    let (_, remember_attrs) = split(session_cookie(&r, "rremember"));
+    assert!(
+        remember_attrs.starts_with("; Path=/remember; SameSite=Strict; HttpOnly; Expires=")
+            && remember_attrs.ends_with("; Max-Age=604800"),
+        "{remember_attrs}"
+    );
+    let session = format!("Cookie: {session}");
+    wait_until("idle session expiry", Duration::from_secs(15), || {
+        let r = s.at("/remember").header(&session).run();
+        r.echo_header("x-anonymous-consumer").as_deref() == Some("true")
+    });
+    // The jar holds both: the remember cookie starts a new session.
+    let r = s.at("/remember").header("apikey: alice-key").run();
+    let both = format!(
+        "Cookie: {}; {}",
+        split(session_cookie(&r, "rsession")).0,
+        split(session_cookie(&r, "rremember")).0
+    );
+    let remember_only = format!("Cookie: {}", split(session_cookie(&r, "rremember")).0);
+    let r = s.at("/remember").header(&remember_only).run();
+    assert_alice(&r);
+    session_cookie(&r, "rsession");
+    session_cookie(&r, "rremember");
+    // Logout clears both.
+    let r = s
+        .at("/remember?session_logout")
+        .method("POST")
+        .header(&both)
+        .run();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header_all("set-cookie"),
+        [
+            "rsession=; Path=/remember; SameSite=Strict; HttpOnly; Expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age=0",
+            "rremember=; Path=/remember; SameSite=Strict; HttpOnly; Expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age=0",
+        ]
+    );
 }
 
 #[test]

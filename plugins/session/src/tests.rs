@@ -1,4 +1,5 @@
 use super::*;
+use portcullis_plugin_api::HeaderEdit;
 
 fn alice() -> Arc<Consumer> {
     Arc::new(Consumer {
@@ -361,4 +362,73 @@ fn without_a_secret_instances_of_one_process_share_a_random_one() {
     assert!(other
         .open(&headers(Some(pair(&c))), Kind::Session, now())
         .is_err());
+}
+
+/// A response head over a plain header map.
+struct Head(http::HeaderMap);
+
+impl HeaderEdit for Head {
+    fn get(&self, name: &str) -> Option<&http::HeaderValue> {
+        self.0.get(name)
+    }
+    fn get_all(&self, name: &str) -> Vec<&http::HeaderValue> {
+        self.0.get_all(name).iter().collect()
+    }
+    fn names(&self) -> Vec<http::HeaderName> {
+        self.0.keys().cloned().collect()
+    }
+    fn set(&mut self, name: &str, value: &str) {
+        self.0.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    fn append(&mut self, name: &str, value: &str) {
+        self.0.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    fn remove(&mut self, name: &str) {
+        self.0.remove(name);
+    }
+}
+
+#[test]
+fn the_session_cookie_replaces_an_upstream_cookie_of_its_name_and_keeps_the_others() {
+    let p = plugin(serde_json::json!({"secret": "x", "response_headers": ["subject"]}));
+    let mut head = Head(http::HeaderMap::new());
+    head.append("set-cookie", "theme=dark; Path=/");
+    head.append("set-cookie", "session=upstream; Path=/");
+    let mut ctx = RequestCtx::default();
+    auth::authenticated(&mut ctx, &alice(), "cred-1");
+    let mut resp = ResponseHead {
+        status: 200,
+        headers: &mut head,
+        from_gateway: false,
+    };
+    p.response_headers(&mut resp, &mut ctx);
+    let cookies: Vec<&str> = head
+        .0
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    assert_eq!(cookies[0], "theme=dark; Path=/");
+    assert!(cookies[1].starts_with("session=") && cookies[1] != "session=upstream; Path=/");
+    assert_eq!(head.0.get("session-subject").unwrap(), "alice");
+
+    // The anonymous consumer gets no session.
+    let mut head = Head(http::HeaderMap::new());
+    let mut ctx = RequestCtx::default();
+    ctx.consumer = Some(alice());
+    ctx.anonymous = true;
+    let mut resp = ResponseHead {
+        status: 200,
+        headers: &mut head,
+        from_gateway: false,
+    };
+    p.response_headers(&mut resp, &mut ctx);
+    assert!(head.0.get("set-cookie").is_none());
 }
