@@ -422,8 +422,15 @@ fn the_session_cookie_replaces_an_upstream_cookie_of_its_name_and_keeps_the_othe
     // The anonymous consumer gets no session.
     let mut head = Head(http::HeaderMap::new());
     let mut ctx = RequestCtx::default();
-    ctx.consumer = Some(alice());
-    ctx.anonymous = true;
+    let guest = alice();
+    let response = PluginResponse::message(401, "Unauthorized");
+    auth::failed(
+        &mut ctx,
+        "key-auth",
+        Some(&guest),
+        "no_credentials",
+        response,
+    );
     let mut resp = ResponseHead {
         status: 200,
         headers: &mut head,
