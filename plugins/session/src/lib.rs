@@ -427,6 +427,15 @@ impl Session {
                 errors.push(ConfigError::new("secret", "must not be empty"));
                 b""
             }
+            // Kong resolves `{vault://…}` references; taken literally, the reference itself
+            // would become a secret anyone reading the file knows.
+            Some(s) if s.starts_with("{vault://") => {
+                errors.push(ConfigError::new(
+                    "secret",
+                    "vault references are not supported: write the secret itself",
+                ));
+                b""
+            }
             Some(s) => s.as_bytes(),
             None => {
                 tracing::warn!(

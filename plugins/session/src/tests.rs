@@ -235,6 +235,10 @@ fn bad_configuration_is_refused_with_the_field() {
         ["idling_timeout", "cookie_name", "cookie_path", "secret"]
     );
     assert_eq!(paths(serde_json::json!({"secrt": "x"})), ["secrt"]);
+    assert_eq!(
+        paths(serde_json::json!({"secret": "{vault://env/session-secret}"})),
+        ["secret"]
+    );
 }
 
 fn view<'a>(
