@@ -189,7 +189,9 @@ pub const EXPIRE_FLAGS: &str = "; Expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age
 
 /// `Expires=…; Max-Age=…` of a persistent (`remember`) cookie.
 pub fn persistent_flags(expires_at: u64, max_age: u64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at);
+    // HTTP dates end with year 9999 (and `SystemTime` arithmetic must not overflow).
+    const LAST_HTTP_DATE: u64 = 253_402_300_799;
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at.min(LAST_HTTP_DATE));
     format!(
         "; Expires={}; Max-Age={max_age}",
         httpdate::fmt_http_date(at)

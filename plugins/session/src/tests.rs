@@ -443,3 +443,11 @@ fn the_session_cookie_replaces_an_upstream_cookie_of_its_name_and_keeps_the_othe
     p.response_headers(&mut resp, &mut ctx);
     assert!(head.0.get("set-cookie").is_none());
 }
+
+#[test]
+fn a_persistent_cookie_expiry_never_overflows_the_http_date() {
+    assert_eq!(
+        cookie::persistent_flags(u64::MAX, 1),
+        "; Expires=Fri, 31 Dec 9999 23:59:59 GMT; Max-Age=1"
+    );
+}
