@@ -42,6 +42,7 @@ pub fn registry() -> &'static Registry {
             Box::new(portcullis_response_transformer::Factory),
             Box::new(portcullis_correlation_id::Factory),
             Box::new(portcullis_proxy_cache::Factory),
+            Box::new(portcullis_session::Factory),
         ])
     })
 }

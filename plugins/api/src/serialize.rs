@@ -19,7 +19,14 @@ pub struct RedactHeaders(pub Vec<String>);
 pub struct RedactQuery(pub Vec<String>);
 
 const REDACTED: &str = "REDACTED";
-const ALWAYS_REDACTED: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+/// `Set-Cookie` too: a session cookie (the session plugin's, or the upstream's) is a bearer
+/// credential, as replayable from a log as the `Cookie` that carries it back.
+const ALWAYS_REDACTED: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
 
 fn headers_json(headers: &http::HeaderMap, redact: &[String]) -> (Value, usize) {
     let mut m = Map::new();
@@ -269,5 +276,16 @@ mod tests {
         assert_eq!(r.get("correlation_id"), None);
         ctx.shared.insert("correlation_id", "abc#1".into());
         assert_eq!(kong_record(&entry, &ctx)["correlation_id"], "abc#1");
+    }
+
+    #[test]
+    fn cookies_are_redacted_both_ways() {
+        let mut h = http::HeaderMap::new();
+        h.insert("cookie", "session=abc".parse().unwrap());
+        h.append("set-cookie", "session=abc; Path=/".parse().unwrap());
+        h.append("set-cookie", "theme=dark".parse().unwrap());
+        let (v, _) = headers_json(&h, &[]);
+        assert_eq!(v["cookie"], "REDACTED");
+        assert_eq!(v["set-cookie"], json!(["REDACTED", "REDACTED"]));
     }
 }
