@@ -660,7 +660,7 @@ impl ProxyHttp for GatewayProxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
@@ -673,9 +673,14 @@ impl ProxyHttp for GatewayProxy {
                 .peer_selected
                 .map(|t| now.duration_since(t).as_millis() as u64)
                 .unwrap_or(0);
+            let wall = std::time::SystemTime::now();
             ctx.tries_log.push(Try {
                 addr: ctx.upstream_addr,
                 connect_ms,
+                started_at: ctx.peer_selected.map(|t| wall - now.duration_since(t)),
+                connected_at: Some(wall),
+                reused,
+                tls: peer.is_tls(),
             });
         }
         ctx.upstream_start = Some(now);

@@ -573,6 +573,14 @@ pub struct Try {
     pub addr: Option<SocketAddr>,
     /// Connection time, milliseconds (0 when the pool had a connection).
     pub connect_ms: u64,
+    /// When the balancer picked this peer (the try's start, for tracing spans).
+    pub started_at: Option<std::time::SystemTime>,
+    /// When the connection was ready (TCP connect and, to a TLS upstream, the handshake done).
+    pub connected_at: Option<std::time::SystemTime>,
+    /// Whether the connection came from the pool (no connect, no handshake).
+    pub reused: bool,
+    /// Whether the connection to the upstream is TLS.
+    pub tls: bool,
 }
 
 /// What the log phase sees of a finished request.
