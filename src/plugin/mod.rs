@@ -40,6 +40,7 @@ pub fn registry() -> Vec<Box<dyn PluginFactory>> {
         Box::new(portcullis_request_transformer::Factory),
         Box::new(portcullis_response_transformer::Factory),
         Box::new(portcullis_correlation_id::Factory),
+        Box::new(portcullis_opentelemetry::OpenTelemetryFactory),
     ]
 }
 
