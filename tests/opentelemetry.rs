@@ -513,3 +513,41 @@ fn bad_opentelemetry_config_is_located() {
         "{all}"
     );
 }
+
+#[test]
+fn a_reload_flushes_the_retired_instances_spans() {
+    let echo = HttpEcho::start("echo");
+    let recv = Receiver::start(0);
+    let yaml = |name: &str| {
+        format!(
+            "services:\n- name: echo-svc\n  url: {}\n  routes:\n  - name: traced\n    paths: [/traced]\n    plugins:\n    - name: opentelemetry\n      config:\n        traces_endpoint: {}\n        resource_attributes:\n          service.name: {name}\n        queue:\n          max_batch_size: 100\n          max_coalescing_delay: 3600\n",
+            echo.url(),
+            recv.url("/v1/traces")
+        )
+    };
+    let gw = Gateway::start(&yaml("before"));
+    let r = Curl::at("http", "example.com", gw.http_port(), "/traced/r").run();
+    assert_eq!(r.status, 200);
+    let (trace, _, _) = traceparent(&r.echo_header("traceparent").unwrap());
+    assert!(
+        recv.requests().is_empty(),
+        "held back by the coalescing delay"
+    );
+    let hash = gw.status()["config_hash"].clone();
+    gw.conf().write("gateway.yaml", yaml("after"));
+    gw.signal("HUP");
+    wait_until("the new configuration", Duration::from_secs(10), || {
+        gw.status()["config_hash"] != hash
+    });
+    wait_until(
+        "the retired instance's spans",
+        Duration::from_secs(15),
+        || !named(&recv.spans_of(&trace), "kong").is_empty(),
+    );
+    let (_, resource) = recv
+        .spans()
+        .into_iter()
+        .find(|(s, _)| s["traceId"] == trace.as_str())
+        .unwrap();
+    assert_eq!(attr(&resource, "service.name")["stringValue"], "before");
+}
