@@ -551,3 +551,46 @@ fn a_reload_flushes_the_retired_instances_spans() {
         .unwrap();
     assert_eq!(attr(&resource, "service.name")["stringValue"], "before");
 }
+
+#[test]
+fn each_new_tls_upstream_connection_is_a_connect_span_under_its_balancer_span() {
+    let pki = Pki::new();
+    let up = HttpsEcho::start("tls-echo", &pki.server.chain_path, &pki.server.key_path);
+    let recv = Receiver::start(0);
+    let gw = Gateway::start(&format!(
+        "services:\n- name: tls-svc\n  url: {}\n  tls_verify: false\n  routes:\n  - name: traced\n    paths: [/traced]\n    plugins:\n    - name: opentelemetry\n      config:\n        traces_endpoint: {}\n        queue:\n          max_batch_size: 50\n          max_coalescing_delay: 0.1\n",
+        up.url(),
+        recv.url("/v1/traces")
+    ));
+    let mut traces = Vec::new();
+    for i in 0..2 {
+        let r = Curl::at(
+            "http",
+            "example.com",
+            gw.http_port(),
+            &format!("/traced/{i}"),
+        )
+        .run();
+        assert_eq!(r.status, 200, "{}", r.text());
+        traces.push(traceparent(&r.echo_header("traceparent").unwrap()).0);
+    }
+    wait_until("both requests' spans", Duration::from_secs(15), || {
+        traces
+            .iter()
+            .all(|t| !named(&recv.spans_of(t), "kong.balancer").is_empty())
+    });
+    let first = recv.spans_of(&traces[0]);
+    let connect = named(&first, "kong.upstream.connect");
+    assert_eq!(connect.len(), 1, "{first:?}");
+    assert_eq!(attr(connect[0], "tls")["boolValue"], true);
+    assert_eq!(
+        connect[0]["parentSpanId"],
+        named(&first, "kong.balancer")[0]["spanId"]
+    );
+    // One connect span per connection the upstream accepted: a pooled connection has none.
+    let connects: usize = traces
+        .iter()
+        .map(|t| named(&recv.spans_of(t), "kong.upstream.connect").len())
+        .sum();
+    assert_eq!(connects, up.connections());
+}
