@@ -706,10 +706,24 @@ impl ProxyHttp for GatewayProxy {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if ctx.chain.as_ref().is_some_and(|c| c.has(Phases::LOG)) {
+            // A failed try is a try too (Kong's `tries` lists it; tracing shows it as an error).
+            let now = Instant::now();
+            let wall = std::time::SystemTime::now();
+            let took = ctx.peer_selected.map(|t| now.duration_since(t));
+            ctx.tries_log.push(Try {
+                addr: ctx.upstream_addr,
+                connect_ms: took.map_or(0, |d| d.as_millis() as u64),
+                started_at: took.map(|d| wall - d),
+                connected_at: None,
+                reused: false,
+                tls: peer.is_tls(),
+            });
+        }
         if let (Some(route), Some(idx)) = (&ctx.route, ctx.current_target) {
             if let Some(b) = &route.service.balancer {
                 b.targets[idx]
