@@ -594,3 +594,31 @@ fn each_new_tls_upstream_connection_is_a_connect_span_under_its_balancer_span() 
         .sum();
     assert_eq!(connects, up.connections());
 }
+
+#[test]
+fn a_failed_connection_is_an_error_balancer_span() {
+    let recv = Receiver::start(0);
+    let dead = closed_port();
+    let gw = Gateway::start(&format!(
+        "services:\n- name: dead-svc\n  url: http://127.0.0.1:{dead}\n  retries: 0\n  routes:\n  - name: traced\n    paths: [/traced]\n    plugins:\n    - name: opentelemetry\n      config:\n        traces_endpoint: {}\n        http_response_header_for_traceid: X-Trace-Id\n        queue:\n          max_batch_size: 50\n          max_coalescing_delay: 0.1\n",
+        recv.url("/v1/traces")
+    ));
+    let r = Curl::at("http", "example.com", gw.http_port(), "/traced/x").run();
+    assert_eq!(r.status, 502);
+    let trace = r.header("x-trace-id").unwrap().to_string();
+    wait_until(
+        "the failed request's spans",
+        Duration::from_secs(15),
+        || !named(&recv.spans_of(&trace), "kong.balancer").is_empty(),
+    );
+    let spans = recv.spans_of(&trace);
+    let root = named(&spans, "kong")[0];
+    assert_eq!(attr(root, "http.status_code")["intValue"], "502");
+    let b = named(&spans, "kong.balancer")[0];
+    assert_eq!(b["status"]["code"], "STATUS_CODE_ERROR", "{b}");
+    assert_eq!(attr(b, "net.peer.port")["doubleValue"], f64::from(dead));
+    assert!(
+        named(&spans, "kong.upstream.connect").is_empty(),
+        "no connection, no connect span"
+    );
+}

@@ -470,10 +470,12 @@ impl OpenTelemetry {
                 random_ids().1
             };
             let try_start = try_.started_at.unwrap_or(entry.started_at);
-            let try_end = if last {
-                end
-            } else {
-                nanos(try_.connected_at.unwrap_or(try_start))
+            let failed = try_.connected_at.is_none();
+            let try_end = match try_.connected_at {
+                // A try that never connected ends when connecting failed.
+                None => nanos(try_start + Duration::from_millis(try_.connect_ms)),
+                Some(_) if last => end,
+                Some(connected) => nanos(connected),
             };
             let mut attributes = vec![kv("try_count", num((i + 1) as f64))];
             if let Some(a) = try_.addr {
@@ -484,11 +486,13 @@ impl OpenTelemetry {
                 attributes.push(kv("net.peer.name", s(name)));
             }
             let mut status = None;
-            if last && entry.error.is_some() {
-                attributes.push(kv(
-                    "http.status_code",
-                    any_value::Value::IntValue(entry.status.into()),
-                ));
+            if failed || (last && entry.error.is_some()) {
+                if last && entry.status != 0 {
+                    attributes.push(kv(
+                        "http.status_code",
+                        any_value::Value::IntValue(entry.status.into()),
+                    ));
+                }
                 status = Some(Status {
                     code: StatusCode::Error as i32,
                     ..Default::default()
