@@ -92,6 +92,14 @@ fn instance_id() -> &'static str {
     })
 }
 
+/// When the request ended: its start plus its latency.
+fn request_end(entry: &LogEntry<'_>) -> SystemTime {
+    Duration::try_from_secs_f64(entry.latency)
+        .ok()
+        .and_then(|d| entry.started_at.checked_add(d))
+        .unwrap_or(entry.started_at)
+}
+
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -361,7 +369,7 @@ impl PluginFactory for OpenTelemetryFactory {
                 "this propagation format is not implemented: its headers are neither read nor written"
             );
         }
-        if c.header_type.is_some() {
+        if c.header_type.as_deref().is_some_and(|h| h != "preserve") {
             tracing::warn!("opentelemetry: config.header_type is deprecated, please use config.propagation options instead");
         }
         if !errors.is_empty() {
@@ -410,7 +418,7 @@ impl OpenTelemetry {
 
     fn spans(&self, t: &TraceCtx, entry: &LogEntry<'_>, ctx: &RequestCtx) -> Vec<Span> {
         let start = nanos(entry.started_at);
-        let end_time = entry.started_at + Duration::from_secs_f64(entry.latency.max(0.0));
+        let end_time = request_end(entry);
         let end = nanos(end_time);
         let host = host_without_port(entry.host);
         let target = entry
@@ -473,7 +481,11 @@ impl OpenTelemetry {
             let failed = try_.connected_at.is_none();
             let try_end = match try_.connected_at {
                 // A try that never connected ends when connecting failed.
-                None => nanos(try_start + Duration::from_millis(try_.connect_ms)),
+                None => nanos(
+                    try_start
+                        .checked_add(Duration::from_millis(try_.connect_ms))
+                        .unwrap_or(try_start),
+                ),
                 Some(_) if last => end,
                 Some(connected) => nanos(connected),
             };
@@ -540,7 +552,7 @@ impl OpenTelemetry {
     /// One record per request (Kong sends the log lines the request produced; the gateway's
     /// own log does not run through plugins, so the request itself is the record here).
     fn log_record(&self, t: &TraceCtx, entry: &LogEntry<'_>, ctx: &RequestCtx) -> LogRecord {
-        let end = entry.started_at + Duration::from_secs_f64(entry.latency.max(0.0));
+        let end = request_end(entry);
         let target = entry
             .uri
             .path_and_query()
