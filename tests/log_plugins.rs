@@ -474,3 +474,25 @@ fn log_records_never_show_api_keys_or_tokens() {
     assert_eq!(recs[0]["consumer"]["username"], "alice");
     assert_eq!(recs[2]["response"]["status"], 401);
 }
+
+#[test]
+fn a_failed_connection_attempt_is_listed_in_tries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let dead = closed_port();
+    let gw = Gateway::start(&format!(
+        "services:\n- name: dead-svc\n  url: http://127.0.0.1:{dead}\n  retries: 0\n  routes:\n  - name: logged\n    paths: [/logged]\n    plugins:\n    - name: file-log\n      config:\n        path: {}\n",
+        path.display()
+    ));
+    let r = Curl::at("http", "example.com", gw.http_port(), "/logged").run();
+    assert_eq!(r.status, 502);
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    wait_until("the record", Duration::from_secs(10), || {
+        read().lines().count() == 1
+    });
+    let rec: Value = serde_json::from_str(read().lines().next().unwrap()).unwrap();
+    let tries = rec["tries"].as_array().unwrap();
+    assert_eq!(tries.len(), 1, "{rec}");
+    assert_eq!(tries[0]["ip"], "127.0.0.1");
+    assert_eq!(tries[0]["port"], dead);
+}

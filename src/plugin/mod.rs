@@ -43,6 +43,7 @@ pub fn registry() -> &'static Registry {
             Box::new(portcullis_correlation_id::Factory),
             Box::new(portcullis_proxy_cache::Factory),
             Box::new(portcullis_session::Factory),
+            Box::new(portcullis_opentelemetry::OpenTelemetryFactory),
         ])
     })
 }

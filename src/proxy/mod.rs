@@ -652,7 +652,7 @@ impl ProxyHttp for GatewayProxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
@@ -665,9 +665,14 @@ impl ProxyHttp for GatewayProxy {
                 .peer_selected
                 .map(|t| now.duration_since(t).as_millis() as u64)
                 .unwrap_or(0);
+            let wall = std::time::SystemTime::now();
             ctx.tries_log.push(Try {
                 addr: ctx.upstream_addr,
                 connect_ms,
+                started_at: ctx.peer_selected.map(|t| wall - now.duration_since(t)),
+                connected_at: Some(wall),
+                reused,
+                tls: peer.is_tls(),
             });
         }
         ctx.upstream_start = Some(now);
@@ -693,10 +698,24 @@ impl ProxyHttp for GatewayProxy {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if ctx.chain.as_ref().is_some_and(|c| c.has(Phases::LOG)) {
+            // A failed try is a try too (Kong's `tries` lists it; tracing shows it as an error).
+            let now = Instant::now();
+            let wall = std::time::SystemTime::now();
+            let took = ctx.peer_selected.map(|t| now.duration_since(t));
+            ctx.tries_log.push(Try {
+                addr: ctx.upstream_addr,
+                connect_ms: took.map_or(0, |d| d.as_millis() as u64),
+                started_at: took.map(|d| wall - d),
+                connected_at: None,
+                reused: false,
+                tls: peer.is_tls(),
+            });
+        }
         if let (Some(route), Some(lease)) = (&ctx.route, ctx.lease.take()) {
             if let Some(b) = &route.service.balancer {
                 let outcome = if matches!(e.etype(), ErrorType::ConnectTimedout) {

@@ -578,6 +578,15 @@ pub struct Try {
     pub addr: Option<SocketAddr>,
     /// Connection time, milliseconds (0 when the pool had a connection).
     pub connect_ms: u64,
+    /// When the balancer picked this peer (the try's start, for tracing spans).
+    pub started_at: Option<std::time::SystemTime>,
+    /// When the connection was ready (TCP connect and, to a TLS upstream, the handshake done);
+    /// `None` when connecting failed (`connect_ms` is then the time until it failed).
+    pub connected_at: Option<std::time::SystemTime>,
+    /// Whether the connection came from the pool (no connect, no handshake).
+    pub reused: bool,
+    /// Whether the connection to the upstream is TLS.
+    pub tls: bool,
 }
 
 /// What the log phase sees of a finished request.

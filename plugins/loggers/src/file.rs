@@ -32,6 +32,8 @@ struct FileSink {
 }
 
 impl Sink for FileSink {
+    type Item = String;
+
     async fn send(&self, batch: Vec<String>) -> Result<(), String> {
         let mut buf = Vec::with_capacity(batch.iter().map(|l| l.len() + 1).sum());
         for line in batch {

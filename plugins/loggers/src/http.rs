@@ -66,6 +66,8 @@ struct HttpSink {
 }
 
 impl Sink for HttpSink {
+    type Item = String;
+
     async fn send(&self, batch: Vec<String>) -> Result<(), String> {
         let body = if self.single && batch.len() == 1 {
             batch.into_iter().next().unwrap_or_default()

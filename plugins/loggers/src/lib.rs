@@ -11,7 +11,7 @@
 mod file;
 mod http;
 mod net;
-mod queue;
+pub mod queue;
 
 pub use file::FileLogFactory;
 pub use http::HttpLogFactory;

@@ -96,6 +96,8 @@ impl TcpSink {
 }
 
 impl Sink for TcpSink {
+    type Item = String;
+
     async fn send(&self, batch: Vec<String>) -> Result<(), String> {
         let mut buf = Vec::new();
         for line in batch {
@@ -130,6 +132,8 @@ struct UdpSink {
 }
 
 impl Sink for UdpSink {
+    type Item = String;
+
     async fn send(&self, batch: Vec<String>) -> Result<(), String> {
         let mut slot = self.socket.lock().await;
         if slot.is_none() {
@@ -165,7 +169,7 @@ struct NetLog<S: Sink> {
 }
 
 #[async_trait]
-impl<S: Sink> Plugin for NetLog<S> {
+impl<S: Sink<Item = String>> Plugin for NetLog<S> {
     fn name(&self) -> &'static str {
         self.name
     }

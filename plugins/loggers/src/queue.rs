@@ -122,18 +122,21 @@ impl QueueConfig {
     }
 }
 
-/// Something that sends one batch of serialised records.
+/// Something that sends one batch of entries (serialised records, spans).
 pub trait Sink: Send + Sync + 'static {
+    /// What the queue holds; cloned when a failed batch is retried.
+    type Item: Clone + Send + 'static;
+
     fn send(
         &self,
-        batch: Vec<String>,
+        batch: Vec<Self::Item>,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
 }
 
-/// A queue of serialised records and the sink that drains it.
+/// A queue of entries and the sink that drains it.
 pub struct Shipper<S: Sink> {
     pub plugin: &'static str,
-    pub queue: Queue<String>,
+    pub queue: Queue<S::Item>,
     pub config: QueueConfig,
     pub sink: S,
 }
@@ -153,7 +156,7 @@ impl<S: Sink> Shipper<S> {
 
     /// Sends one batch with Kong's retry policy: exponential backoff from
     /// `initial_retry_delay` up to `max_retry_delay`, giving up after `max_retry_time`.
-    async fn deliver(&self, batch: Vec<String>) {
+    async fn deliver(&self, batch: Vec<S::Item>) {
         let started = tokio::time::Instant::now();
         let mut delay = self.config.initial_retry_delay;
         loop {

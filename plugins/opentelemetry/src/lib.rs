@@ -1,0 +1,805 @@
+//! Kong's `opentelemetry` plugin: trace context propagation (W3C, B3, Jaeger, OT) in the access
+//! phase, and in the log phase the spans Kong's instrumentation makes — the `kong` request span
+//! and a `kong.balancer` span per try — exported as OTLP/HTTP protobuf
+//! (`ExportTraceServiceRequest`) to `traces_endpoint`; a log record per request to
+//! `logs_endpoint`.
+//!
+//! The request path only builds the spans and pushes them on a bounded drop-oldest queue; a task
+//! on the background runtime batches, POSTs and retries them with Kong's queue policy (the
+//! logging plugins' [`portcullis_loggers::queue::Shipper`]). A dead receiver costs a request
+//! nothing but a queue push.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod config;
+mod propagation;
+
+use config::{Inject, Propagation};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, Status,
+};
+use portcullis_loggers::queue::{Shipper, Sink};
+use portcullis_plugin_api::{
+    async_trait, parse_config, BuildContext, ConfigError, Flow, LogEntry, Phases, Plugin,
+    PluginFactory, RequestCtx, RequestView, ResponseHead,
+};
+use propagation::{Extracted, Format, InjectCtx};
+use prost::Message;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const NAME: &str = "opentelemetry";
+/// Kong's PRIORITY for opentelemetry.
+pub const PRIORITY: i32 = 14;
+
+/// The instrumentation scope Kong reports its spans under.
+const SCOPE_NAME: &str = "kong-internal";
+const SCOPE_VERSION: &str = "0.1.0";
+
+/// The trace of one request, decided in the access phase (or later, for a request that never
+/// reached it) and read back by the later phases.
+#[derive(Debug, Clone)]
+struct TraceCtx {
+    trace_id: [u8; 16],
+    root_span_id: [u8; 8],
+    /// The caller's span, when a context was extracted.
+    root_parent: Option<[u8; 8]>,
+    /// The span id the last balancer try gets: the parent the upstream sees.
+    balancer_span_id: [u8; 8],
+    sampled: bool,
+}
+
+fn random_ids() -> ([u8; 16], [u8; 8], [u8; 8]) {
+    let mut b = [0u8; 32];
+    if openssl::rand::rand_bytes(&mut b).is_err() {
+        // OpenSSL's CSPRNG failing is a broken host; ids from the clock still keep traces
+        // apart well enough to be useful.
+        let n = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(1);
+        b[..16].copy_from_slice(&n.to_be_bytes());
+        b[16..32].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    }
+    let mut t = [0u8; 16];
+    let mut s1 = [0u8; 8];
+    let mut s2 = [0u8; 8];
+    t.copy_from_slice(&b[..16]);
+    s1.copy_from_slice(&b[16..24]);
+    s2.copy_from_slice(&b[24..32]);
+    (t, s1, s2)
+}
+
+/// A process-wide id for `service.instance.id` (Kong's node id).
+fn instance_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let (t, _, _) = random_ids();
+        let h = propagation::to_hex(&t);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    })
+}
+
+/// When the request ended: its start plus its latency.
+fn request_end(entry: &LogEntry<'_>) -> SystemTime {
+    Duration::try_from_secs_f64(entry.latency)
+        .ok()
+        .and_then(|d| entry.started_at.checked_add(d))
+        .unwrap_or(entry.started_at)
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// nginx's `$host`: the Host header without its port.
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn s(v: impl Into<String>) -> any_value::Value {
+    any_value::Value::StringValue(v.into())
+}
+
+/// Kong encodes Lua numbers as doubles; only `http.status_code` is an integer.
+fn num(v: f64) -> any_value::Value {
+    any_value::Value::DoubleValue(v)
+}
+
+/// The HTTP client, endpoint and headers one signal is POSTed with.
+struct Exporter {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    headers: Vec<(String, String)>,
+    resource: Resource,
+}
+
+impl Exporter {
+    async fn post(&self, body: Vec<u8>) -> Result<(), String> {
+        let mut req = self.client.post(self.url.clone()).body(body);
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("failed to send request: {e}"))?;
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!(
+                "response error: {}, body: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&body[..body.len().min(512)])
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct TraceSink(Exporter);
+
+impl Sink for TraceSink {
+    type Item = Span;
+
+    async fn send(&self, batch: Vec<Span>) -> Result<(), String> {
+        let n = batch.len();
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.0.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    spans: batch,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        self.0.post(req.encode_to_vec()).await?;
+        tracing::debug!(plugin = NAME, spans = n, "exporter sent spans");
+        Ok(())
+    }
+}
+
+struct LogSink(Exporter);
+
+impl Sink for LogSink {
+    type Item = LogRecord;
+
+    async fn send(&self, batch: Vec<LogRecord>) -> Result<(), String> {
+        let req = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(self.0.resource.clone()),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(scope()),
+                    log_records: batch,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        self.0.post(req.encode_to_vec()).await
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: SCOPE_NAME.into(),
+        version: SCOPE_VERSION.into(),
+        ..Default::default()
+    }
+}
+
+struct OpenTelemetry {
+    traces: Option<Arc<Shipper<TraceSink>>>,
+    logs: Option<Arc<Shipper<LogSink>>>,
+    propagation: Propagation,
+    sampling_rate: f64,
+    traceid_header: Option<String>,
+}
+
+pub struct OpenTelemetryFactory;
+
+fn endpoint(url: &str, field: &str, errors: &mut Vec<ConfigError>) -> Option<reqwest::Url> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
+        _ => {
+            errors.push(ConfigError::new(
+                field,
+                "missing host in url (an http:// or https:// URL)",
+            ));
+            None
+        }
+    }
+}
+
+impl PluginFactory for OpenTelemetryFactory {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn build(
+        &self,
+        config: &serde_json::Value,
+        _ctx: &BuildContext,
+    ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
+        let c: config::Config = parse_config(config).map_err(|e| vec![e])?;
+        let mut errors = Vec::new();
+        let traces_url = match (&c.traces_endpoint, &c.endpoint) {
+            (Some(u), _) => endpoint(u, "traces_endpoint", &mut errors),
+            (None, Some(u)) => {
+                tracing::warn!("OpenTelemetry: config.endpoint is deprecated, please use config.traces_endpoint instead");
+                endpoint(u, "endpoint", &mut errors)
+            }
+            (None, None) => None,
+        };
+        let logs_url = c
+            .logs_endpoint
+            .as_deref()
+            .and_then(|u| endpoint(u, "logs_endpoint", &mut errors));
+        if c.traces_endpoint.is_none() && c.endpoint.is_none() && c.logs_endpoint.is_none() {
+            errors.push(ConfigError::new(
+                "",
+                "at least one of these fields must be non-empty: 'config.traces_endpoint', 'config.logs_endpoint'",
+            ));
+        }
+        let mut headers = Vec::new();
+        let mut content_type = false;
+        for (k, v) in c.headers.iter().flatten() {
+            let name_ok = portcullis_plugin_api::http::HeaderName::from_bytes(k.as_bytes()).is_ok();
+            if !name_ok {
+                errors.push(ConfigError::new(
+                    format!("headers.{k}"),
+                    format!(
+                        "bad header name '{k}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+                    ),
+                ));
+                continue;
+            }
+            if portcullis_plugin_api::http::HeaderValue::from_str(v).is_err() {
+                errors.push(ConfigError::new(
+                    format!("headers.{k}"),
+                    "invalid header value",
+                ));
+                continue;
+            }
+            content_type |= k.eq_ignore_ascii_case("content-type");
+            headers.push((k.clone(), v.clone()));
+        }
+        if !content_type {
+            headers.push(("Content-Type".into(), "application/x-protobuf".into()));
+        }
+        // Kong's defaults, overridden by the configured attributes.
+        let mut attrs = std::collections::BTreeMap::new();
+        attrs.insert("service.name".to_string(), "kong".to_string());
+        attrs.insert("service.instance.id".to_string(), instance_id().to_string());
+        attrs.insert(
+            "service.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
+        for (k, v) in c.resource_attributes.iter().flatten() {
+            match v {
+                serde_json::Value::String(text) if text.is_empty() => errors.push(
+                    ConfigError::new(format!("resource_attributes.{k}"), "required field missing"),
+                ),
+                serde_json::Value::String(text) => {
+                    if text.contains("$(") {
+                        tracing::warn!(
+                            plugin = NAME,
+                            attribute = %k,
+                            "resource attribute templates are Lua expressions, which Portcullis does not run: the value is sent as written"
+                        );
+                    }
+                    attrs.insert(k.clone(), text.clone());
+                }
+                _ => errors.push(ConfigError::new(
+                    format!("resource_attributes.{k}"),
+                    "expected a string",
+                )),
+            }
+        }
+        let resource = Resource {
+            attributes: attrs.into_iter().map(|(k, v)| kv(&k, s(v))).collect(),
+            ..Default::default()
+        };
+        let connect = config::timeout(c.connect_timeout, 1000, "connect_timeout", &mut errors);
+        let send = config::timeout(c.send_timeout, 5000, "send_timeout", &mut errors);
+        let read = config::timeout(c.read_timeout, 5000, "read_timeout", &mut errors);
+        let sampling_rate = match c.sampling_rate {
+            None => 1.0,
+            Some(r) if (0.0..=1.0).contains(&r) => r,
+            Some(_) => {
+                errors.push(ConfigError::new(
+                    "sampling_rate",
+                    "value should be between 0 and 1",
+                ));
+                1.0
+            }
+        };
+        if let Some(h) = &c.http_response_header_for_traceid {
+            if portcullis_plugin_api::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errors.push(ConfigError::new(
+                    "http_response_header_for_traceid",
+                    "invalid header name",
+                ));
+            }
+        }
+        let propagation = c.propagation(&mut errors);
+        let queue = c.queue(&mut errors);
+        for f in propagation
+            .extract
+            .iter()
+            .chain(propagation.inject.iter().filter_map(|i| match i {
+                Inject::Format(f) => Some(f),
+                Inject::Preserve => None,
+            }))
+            .filter(|f| !f.supported())
+        {
+            tracing::warn!(
+                plugin = NAME,
+                format = f.name(),
+                "this propagation format is not implemented: its headers are neither read nor written"
+            );
+        }
+        if c.header_type.as_deref().is_some_and(|h| h != "preserve") {
+            tracing::warn!("opentelemetry: config.header_type is deprecated, please use config.propagation options instead");
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect.max(Duration::from_millis(1)))
+            .timeout((send + read).max(Duration::from_millis(1)))
+            .build()
+            .map_err(|e| {
+                vec![ConfigError::new(
+                    "",
+                    format!("cannot build the HTTP client: {e}"),
+                )]
+            })?;
+        let exporter = |url: reqwest::Url| Exporter {
+            client: client.clone(),
+            url,
+            headers: headers.clone(),
+            resource: resource.clone(),
+        };
+        let traces = traces_url.map(|u| Shipper::new(NAME, queue.clone(), TraceSink(exporter(u))));
+        let logs = logs_url.map(|u| Shipper::new(NAME, queue.clone(), LogSink(exporter(u))));
+        Ok(Arc::new(OpenTelemetry {
+            traces,
+            logs,
+            propagation,
+            sampling_rate,
+            traceid_header: c.http_response_header_for_traceid,
+        }))
+    }
+}
+
+impl OpenTelemetry {
+    /// A trace for a request the access phase did not see (an earlier plugin answered it).
+    fn fresh_trace(&self) -> TraceCtx {
+        let (trace_id, root_span_id, balancer_span_id) = random_ids();
+        TraceCtx {
+            trace_id,
+            root_span_id,
+            root_parent: None,
+            balancer_span_id,
+            sampled: propagation::sample(&trace_id, self.sampling_rate),
+        }
+    }
+
+    fn spans(&self, t: &TraceCtx, entry: &LogEntry<'_>, ctx: &RequestCtx) -> Vec<Span> {
+        let start = nanos(entry.started_at);
+        let end_time = request_end(entry);
+        let end = nanos(end_time);
+        let host = host_without_port(entry.host);
+        let target = entry
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let route_path = ctx
+            .route_info
+            .as_ref()
+            .and_then(|r| r.json.get("paths"))
+            .and_then(|p| p.get(0))
+            .and_then(|p| p.as_str())
+            .unwrap_or("");
+        let mut attributes = vec![
+            kv("http.method", s(entry.method.as_str())),
+            kv(
+                "http.url",
+                s(format!("{}://{}{}", entry.scheme, host, target)),
+            ),
+            kv("http.host", s(host)),
+            kv("http.scheme", s(entry.scheme)),
+            kv("http.client_ip", s(client_ip.clone())),
+            kv("net.peer.ip", s(client_ip)),
+            kv("kong.request.id", s(ctx.request_id.clone())),
+            kv("http.route", s(route_path)),
+        ];
+        if entry.status != 0 {
+            attributes.push(kv(
+                "http.status_code",
+                any_value::Value::IntValue(entry.status.into()),
+            ));
+        }
+        let mut spans = vec![Span {
+            trace_id: t.trace_id.to_vec(),
+            span_id: t.root_span_id.to_vec(),
+            parent_span_id: t.root_parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name: "kong".into(),
+            kind: SpanKind::Server as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            ..Default::default()
+        }];
+        let peer_name = ctx
+            .service_info
+            .as_ref()
+            .and_then(|s| s.json.get("host"))
+            .and_then(|h| h.as_str());
+        let n = entry.tries.len();
+        for (i, try_) in entry.tries.iter().enumerate() {
+            let last = i + 1 == n;
+            let span_id = if last {
+                t.balancer_span_id
+            } else {
+                random_ids().1
+            };
+            let try_start = try_.started_at.unwrap_or(entry.started_at);
+            let failed = try_.connected_at.is_none();
+            let try_end = match try_.connected_at {
+                // A try that never connected ends when connecting failed.
+                None => nanos(
+                    try_start
+                        .checked_add(Duration::from_millis(try_.connect_ms))
+                        .unwrap_or(try_start),
+                ),
+                Some(_) if last => end,
+                Some(connected) => nanos(connected),
+            };
+            let mut attributes = vec![kv("try_count", num((i + 1) as f64))];
+            if let Some(a) = try_.addr {
+                attributes.push(kv("net.peer.ip", s(a.ip().to_string())));
+                attributes.push(kv("net.peer.port", num(a.port().into())));
+            }
+            if let Some(name) = peer_name {
+                attributes.push(kv("net.peer.name", s(name)));
+            }
+            let mut status = None;
+            if failed || (last && entry.error.is_some()) {
+                if last && entry.status != 0 {
+                    attributes.push(kv(
+                        "http.status_code",
+                        any_value::Value::IntValue(entry.status.into()),
+                    ));
+                }
+                status = Some(Status {
+                    code: StatusCode::Error as i32,
+                    ..Default::default()
+                });
+            }
+            spans.push(Span {
+                trace_id: t.trace_id.to_vec(),
+                span_id: span_id.to_vec(),
+                parent_span_id: t.root_span_id.to_vec(),
+                name: "kong.balancer".into(),
+                kind: SpanKind::Client as i32,
+                start_time_unix_nano: nanos(try_start),
+                end_time_unix_nano: try_end,
+                attributes,
+                status,
+                ..Default::default()
+            });
+            // The connection the try opened: TCP connect and, to a TLS upstream, the
+            // handshake (Pingora reports them as one interval).
+            if let (false, Some(started), Some(connected)) =
+                (try_.reused, try_.started_at, try_.connected_at)
+            {
+                let mut attributes = Vec::new();
+                if let Some(a) = try_.addr {
+                    attributes.push(kv("net.peer.ip", s(a.ip().to_string())));
+                    attributes.push(kv("net.peer.port", num(a.port().into())));
+                }
+                attributes.push(kv("tls", any_value::Value::BoolValue(try_.tls)));
+                spans.push(Span {
+                    trace_id: t.trace_id.to_vec(),
+                    span_id: random_ids().1.to_vec(),
+                    parent_span_id: span_id.to_vec(),
+                    name: "kong.upstream.connect".into(),
+                    kind: SpanKind::Client as i32,
+                    start_time_unix_nano: nanos(started),
+                    end_time_unix_nano: nanos(connected),
+                    attributes,
+                    ..Default::default()
+                });
+            }
+        }
+        spans
+    }
+
+    /// One record per request (Kong sends the log lines the request produced; the gateway's
+    /// own log does not run through plugins, so the request itself is the record here).
+    fn log_record(&self, t: &TraceCtx, entry: &LogEntry<'_>, ctx: &RequestCtx) -> LogRecord {
+        let end = request_end(entry);
+        let target = entry
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let mut attributes = vec![
+            kv("request.id", s(ctx.request_id.clone())),
+            kv("http.method", s(entry.method.as_str())),
+            kv("http.target", s(target)),
+            kv(
+                "http.status_code",
+                any_value::Value::IntValue(entry.status.into()),
+            ),
+        ];
+        if let Some(ip) = ctx.client_ip {
+            attributes.push(kv("net.peer.ip", s(ip.to_string())));
+        }
+        if let Some(r) = &ctx.route {
+            attributes.push(kv("kong.route", s(r.to_string())));
+        }
+        if let Some(sv) = &ctx.service {
+            attributes.push(kv("kong.service", s(sv.to_string())));
+        }
+        LogRecord {
+            time_unix_nano: nanos(end),
+            observed_time_unix_nano: nanos(SystemTime::now()),
+            severity_number: 9,
+            severity_text: "INFO".into(),
+            body: Some(AnyValue {
+                value: Some(s(format!(
+                    "{} {} {}",
+                    entry.method.as_str(),
+                    target,
+                    entry.status
+                ))),
+            }),
+            attributes,
+            flags: u32::from(t.sampled),
+            trace_id: t.trace_id.to_vec(),
+            span_id: t.root_span_id.to_vec(),
+            ..Default::default()
+        }
+    }
+}
+
+#[async_trait]
+impl Plugin for OpenTelemetry {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn priority(&self) -> i32 {
+        PRIORITY
+    }
+
+    fn phases(&self) -> Phases {
+        let mut p = Phases::LOG;
+        if self.traces.is_some() {
+            p = p | Phases::ACCESS;
+            if self.traceid_header.is_some() {
+                p = p | Phases::RESPONSE_HEADERS;
+            }
+        }
+        p
+    }
+
+    async fn access(&self, req: &RequestView<'_>, ctx: &mut RequestCtx) -> Flow {
+        let p = &self.propagation;
+        let found = propagation::extract(&p.extract, req.headers);
+        let (from, ext) = match found {
+            Some((f, e)) => (Some(f), e),
+            None => (None, Extracted::default()),
+        };
+        let (new_trace, root_span_id, balancer_span_id) = random_ids();
+        let trace_id = ext.trace_id.unwrap_or(new_trace);
+        // Kong's get_sampling_decision: a caller that said "not sampled" is obeyed; otherwise
+        // the ratio sampler decides on the (possibly inherited) trace id.
+        let sampled = match ext.sampled {
+            Some(false) => false,
+            _ => propagation::sample(&trace_id, self.sampling_rate),
+        };
+        let t = TraceCtx {
+            trace_id,
+            root_span_id,
+            root_parent: ext.span_id.or(ext.parent_id),
+            balancer_span_id,
+            sampled,
+        };
+        for h in &p.clear {
+            ctx.remove_upstream_header(h);
+        }
+        let inject = InjectCtx {
+            trace_id,
+            trace_id_len: ext.trace_id.and(ext.trace_id_len),
+            span_id: balancer_span_id,
+            parent_id: root_span_id,
+            sampled,
+            b3_debug: ext.b3_debug,
+        };
+        for i in &p.inject {
+            let format = match i {
+                Inject::Format(f) => *f,
+                Inject::Preserve => match from.unwrap_or(p.default_format) {
+                    Format::B3 if ext.single_header => Format::B3Single,
+                    f => f,
+                },
+            };
+            for (name, value) in propagation::inject(format, &inject) {
+                ctx.set_upstream_header(name, &value);
+            }
+        }
+        ctx.extensions.insert(t);
+        Flow::Continue
+    }
+
+    fn response_headers(&self, resp: &mut ResponseHead<'_>, ctx: &mut RequestCtx) {
+        let Some(name) = &self.traceid_header else {
+            return;
+        };
+        let t = match ctx.extensions.get::<TraceCtx>() {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.fresh_trace();
+                ctx.extensions.insert(t.clone());
+                t
+            }
+        };
+        resp.headers.append(name, &propagation::to_hex(&t.trace_id));
+    }
+
+    fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
+        let fresh;
+        let t = match ctx.extensions.get::<TraceCtx>() {
+            Some(t) => t,
+            None => {
+                fresh = self.fresh_trace();
+                &fresh
+            }
+        };
+        if let Some(traces) = &self.traces {
+            if t.sampled {
+                for span in self.spans(t, entry, ctx) {
+                    traces.queue.push(span);
+                }
+            }
+        }
+        if let Some(logs) = &self.logs {
+            logs.queue.push(self.log_record(t, entry, ctx));
+        }
+    }
+
+    async fn flush(&self) {
+        if let Some(t) = &self.traces {
+            t.flush().await;
+        }
+        if let Some(l) = &self.logs {
+            l.flush().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn build(config: serde_json::Value) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
+        OpenTelemetryFactory.build(&config, &BuildContext::default())
+    }
+
+    fn errors(config: serde_json::Value) -> Vec<(String, String)> {
+        match build(config) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.into_iter().map(|e| (e.path, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn config_is_checked_like_kongs_schema() {
+        assert!(errors(json!({"traces_endpoint": "http://127.0.0.1:4318/v1/traces"})).is_empty());
+        assert!(errors(json!({"endpoint": "http://127.0.0.1:4318/v1/traces"})).is_empty());
+        assert_eq!(
+            errors(json!({})),
+            vec![(
+                String::new(),
+                "at least one of these fields must be non-empty: 'config.traces_endpoint', 'config.logs_endpoint'".to_string()
+            )]
+        );
+        let e = errors(json!({
+            "traces_endpoint": "nope",
+            "sampling_rate": 2,
+            "header_type": "zipkin",
+            "propagation": {"extract": ["b3-single"], "inject": ["w3c", "x"]},
+            "resource_attributes": {"a": "", "b": 1},
+        }));
+        let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
+        for p in [
+            "traces_endpoint",
+            "sampling_rate",
+            "propagation.extract[0]",
+            "propagation.inject[1]",
+            "resource_attributes.a",
+            "resource_attributes.b",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {e:?}");
+        }
+        assert!(
+            errors(json!({"traces_endpoint": "http://x/", "bogus": 1}))[0]
+                .1
+                .contains("bogus")
+        );
+    }
+
+    #[test]
+    fn header_type_maps_onto_propagation_as_kong_does() {
+        let c: config::Config = parse_config(&json!({"traces_endpoint": "http://x/"})).unwrap();
+        let p = c.propagation(&mut Vec::new());
+        assert_eq!(p.extract[0], Format::B3);
+        assert_eq!(p.inject, vec![Inject::Preserve]);
+        let c: config::Config =
+            parse_config(&json!({"traces_endpoint": "http://x/", "header_type": "jaeger"}))
+                .unwrap();
+        let p = c.propagation(&mut Vec::new());
+        assert_eq!(
+            p.inject,
+            vec![Inject::Preserve, Inject::Format(Format::Jaeger)]
+        );
+        let c: config::Config = parse_config(&json!({
+            "traces_endpoint": "http://x/", "header_type": "jaeger",
+            "propagation": {"extract": ["w3c"], "inject": ["b3-single"], "default_format": "b3"}
+        }))
+        .unwrap();
+        let p = c.propagation(&mut Vec::new());
+        assert_eq!(p.extract, vec![Format::W3c]);
+        assert_eq!(p.inject, vec![Inject::Format(Format::B3Single)]);
+        assert_eq!(p.default_format, Format::B3);
+    }
+
+    #[test]
+    fn deprecated_batch_fields_override_the_queue() {
+        let c: config::Config = parse_config(&json!({"traces_endpoint": "http://x/"})).unwrap();
+        assert_eq!(c.queue(&mut Vec::new()).max_batch_size, 200);
+        let c: config::Config = parse_config(&json!({
+            "traces_endpoint": "http://x/", "batch_span_count": 7, "batch_flush_delay": 9
+        }))
+        .unwrap();
+        let q = c.queue(&mut Vec::new());
+        assert_eq!((q.max_batch_size, q.max_coalescing_delay), (7, 9.0));
+    }
+}
