@@ -1,8 +1,16 @@
 //! The HTTP proxy: one `GatewayProxy` (Pingora `ProxyHttp`) per listener. The route is matched
 //! first and kept in the per-request context; every later hook reads from it.
 
+mod checks;
+mod forward;
+mod observe;
+mod peer;
 pub mod request_line;
 pub mod respond;
+
+use checks::*;
+pub use forward::host_with_port;
+use forward::*;
 
 use crate::config::model::Protocol;
 use crate::metrics;
@@ -34,10 +42,6 @@ pub const NO_HEALTHY_TARGET: ErrorType = ErrorType::Custom("NoHealthyTarget");
 pub const UPSTREAM_TLS_REJECTED: ErrorType = ErrorType::Custom("UpstreamTlsRejected");
 /// The reason logged and counted when a verifying service gets a connection without a verdict.
 const NO_VERDICT: &str = "no verification result for this connection";
-
-/// Largest single header line and all headers together that a request may carry.
-const MAX_HEADER_BYTES: usize = 16 * 1024;
-const MAX_HEADERS_TOTAL_BYTES: usize = 64 * 1024;
 
 pub struct GatewayProxy {
     pub shared: Shared,
@@ -111,63 +115,6 @@ fn conn_info(session: &Session) -> Option<&ConnInfo> {
         .digest()
         .and_then(|d: &Digest| d.ssl_digest.as_ref())
         .and_then(|s| s.extension.get::<ConnInfo>())
-}
-
-/// The client address as a header value. IPv4 is formatted by hand: `Display` went through
-/// `core::fmt` for each octet, a measurable share of the header hook.
-fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
-    let text;
-    let mut buf = [0u8; 15];
-    let bytes: &[u8] = match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut n = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    buf[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    buf[n] = b'0' + octet / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + octet % 10;
-                n += 1;
-            }
-            &buf[..n]
-        }
-        std::net::IpAddr::V6(v6) => {
-            text = v6.to_string();
-            text.as_bytes()
-        }
-    };
-    http::HeaderValue::from_bytes(bytes).unwrap_or_else(|_| http::HeaderValue::from_static(""))
-}
-
-fn host_header_ok(req: &RequestHeader) -> bool {
-    let mut hosts = req.headers.get_all(http::header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(h), None) => valid_host(h.as_bytes()),
-        (Some(_), Some(_)) => false,
-        // HTTP/1.0 may omit it; HTTP/2 carries :authority in the URI.
-        (None, _) => req.version != http::Version::HTTP_11 || req.uri.authority().is_some(),
-    }
-}
-
-/// A `Host` value as nginx accepts it: a reg-name, IPv4 or bracketed IPv6 literal and an
-/// optional port — no spaces, slashes, backslashes, `..` or bytes outside ASCII.
-fn valid_host(h: &[u8]) -> bool {
-    !h.is_empty()
-        && !h.windows(2).any(|w| w == b"..")
-        && h.iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
-}
-
-fn valid_request_id(v: &[u8]) -> bool {
-    !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic())
 }
 
 impl GatewayProxy {
@@ -556,97 +503,7 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
-        let svc = &route.service;
-        let s = &svc.service;
-        ctx.tries += 1;
-        // A retry Pingora decided itself (a pooled connection found dead) skips
-        // fail_to_connect: the previous attempt's slot is given back here.
-        ctx.lease = None;
-        let addr = if let Some(b) = &svc.balancer {
-            let client_ip = ctx.plugin.client_ip.map(|ip| match ip {
-                IpAddr::V4(v4) => v4.octets().to_vec(),
-                IpAddr::V6(v6) => v6.octets().to_vec(),
-            });
-            let headers = &session.req_header().headers;
-            let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes());
-            let key = b.hash_key(client_ip.as_deref(), &lookup);
-            match b.select(key, &ctx.tried) {
-                Some((idx, addr)) => {
-                    ctx.tried.push(idx);
-                    ctx.lease = b.lease(idx);
-                    addr
-                }
-                None => {
-                    return Err(Error::explain(
-                        NO_HEALTHY_TARGET,
-                        format!("upstream {}: no healthy target", b.upstream.name),
-                    ))
-                }
-            }
-        } else if let Some(a) = svc.addr {
-            a
-        } else {
-            // A name that never resolved (no address at compile nor since) is looked up now.
-            match svc.dns.as_ref().and_then(|d| d.pick()) {
-                Some(a) => a,
-                None => match tokio::net::lookup_host((s.host.as_str(), s.port)).await {
-                    Ok(mut it) => it.next().ok_or_else(|| {
-                        Error::explain(
-                            ErrorType::ConnectNoRoute,
-                            format!("{} resolved to nothing", s.host),
-                        )
-                    })?,
-                    Err(e) => {
-                        return Err(Error::explain(
-                            ErrorType::ConnectNoRoute,
-                            format!("resolving {}: {e}", s.host),
-                        ))
-                    }
-                },
-            }
-        };
-        ctx.upstream_addr = Some(addr);
-        if ctx.chain.is_some() {
-            ctx.peer_selected = Some(Instant::now());
-        }
-        let tls = s.protocol.is_tls();
-        let sni = svc
-            .tls
-            .as_ref()
-            .map(|t| t.server_name.clone())
-            .unwrap_or_default();
-        let mut peer = HttpPeer::new(addr, tls, sni);
-        let o = &mut peer.options;
-        o.connection_timeout = Some(s.connect_timeout);
-        o.read_timeout = Some(s.read_timeout);
-        o.write_timeout = Some(s.write_timeout);
-        o.idle_timeout = Some(std::time::Duration::from_secs(60));
-        if matches!(s.protocol, Protocol::Grpc | Protocol::Grpcs) {
-            // gRPC needs HTTP/2 upstream; many streams share one connection.
-            o.set_http_version(2, 2);
-            o.max_h2_streams = 128;
-        }
-        if let Some(p) = &svc.tls {
-            // Verification happens in the handshake hook (see tls::upstream): Pingora itself
-            // must not verify, or a failing chain would lose OpenSSL's reason.
-            o.verify_cert = false;
-            o.verify_hostname = false;
-            if p.verify {
-                o.upstream_tls_handshake_complete_hook = Some(handshake_hook(p.store.clone()));
-            }
-            peer.client_cert_key = p.client_cert.clone();
-            peer.group_key = p.group_key;
-            // Part of Pingora's pool key: a reload changing `tls.groups` opens new connections.
-            o.curves = Some(std::borrow::Cow::Borrowed(p.groups));
-            if !matches!(s.protocol, Protocol::Grpcs) {
-                peer.options.alpn = ALPN::H1;
-            }
-        }
-        Ok(Box::new(peer))
+        self.select_peer(session, ctx).await
     }
 
     async fn connected_to_upstream(
@@ -995,107 +852,7 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        // The request is over: its target slot is free for least-connections again.
-        ctx.lease = None;
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .or(ctx.responded)
-            .unwrap_or(0);
-        let elapsed = ctx.start.elapsed().as_secs_f64();
-        if let Some(chain) = ctx.chain.clone() {
-            if chain.has(Phases::LOG) {
-                let req = session.req_header();
-                let entry = LogEntry {
-                    method: &req.method,
-                    uri: &req.uri,
-                    host: ctx.original_host.as_deref().unwrap_or(""),
-                    request_headers: &req.headers,
-                    response_headers: session.response_written().map(|r| &r.headers),
-                    status,
-                    request_body_bytes: session.body_bytes_read() as u64,
-                    response_body_bytes: session.body_bytes_sent() as u64,
-                    started_at: std::time::SystemTime::now() - ctx.start.elapsed(),
-                    latency: elapsed,
-                    upstream_latency: ctx.upstream_ttfb,
-                    upstream_uri: ctx.upstream_uri.as_deref(),
-                    tries: &ctx.tries_log,
-                    error: e.map(|e| e.etype().as_str()),
-                    scheme: if self.tls { "https" } else { "http" },
-                    tls_version: ctx.tls_version,
-                };
-                chain::log(&chain, &entry, &ctx.plugin);
-            }
-        }
-        if let Some((plugin, reason)) = ctx.plugin.auth_failure {
-            let route = ctx.plugin.route.as_deref().unwrap_or("");
-            metrics::AUTH_FAILURES
-                .with_label_values(&[route, plugin, reason])
-                .inc();
-        }
-        match &ctx.route {
-            Some(route) => {
-                let m = &route.metrics;
-                if route.flags.status_code {
-                    // One family, counted once: with `per_consumer` an identified consumer adds
-                    // the `consumer` label (formatted per request: consumers are unbounded);
-                    // everything else uses the route's precomputed handles.
-                    let consumer = ctx
-                        .plugin
-                        .consumer
-                        .as_ref()
-                        .filter(|_| route.flags.per_consumer)
-                        .map(|c| c.username.as_deref().unwrap_or(&c.id))
-                        .filter(|c| !c.is_empty());
-                    match consumer {
-                        Some(consumer) => metrics::HTTP_REQUESTS_BY_CONSUMER
-                            .with_label_values(&[
-                                &*route.route.service.name,
-                                &*route.route.name,
-                                &status.to_string(),
-                                consumer,
-                            ])
-                            .inc(),
-                        None => m.request(status),
-                    }
-                }
-                if route.flags.latency {
-                    m.duration().observe(elapsed);
-                    if let Some(t) = ctx.upstream_ttfb {
-                        m.upstream_duration().observe(t);
-                    }
-                }
-                if route.flags.bandwidth {
-                    m.ingress().inc_by(session.body_bytes_read() as u64);
-                    m.egress().inc_by(session.body_bytes_sent() as u64);
-                }
-            }
-            None => {
-                metrics::HTTP_REQUESTS
-                    .with_label_values(&["", "", &status.to_string()])
-                    .inc();
-            }
-        }
-        let req = session.req_header();
-        tracing::info!(
-            target: "access",
-            request_id = %ctx.plugin.request_id,
-            client = ?ctx.plugin.client_ip,
-            method = %req.method,
-            path = %req.uri.path(),
-            host = ctx.original_host.as_deref().unwrap_or(""),
-            route = ctx.route.as_ref().map(|r| &*r.route.name).unwrap_or("-"),
-            service = ctx.route.as_ref().map(|r| &*r.route.service.name).unwrap_or("-"),
-            consumer = ctx.plugin.consumer.as_ref().map(|c| c.id.as_str()).unwrap_or("-"),
-            status,
-            latency_ms = (elapsed * 1000.0) as u64,
-            upstream_latency_ms = ctx.upstream_ttfb.map(|t| (t * 1000.0) as u64).unwrap_or(0),
-            upstream = ?ctx.upstream_addr,
-            tls = ctx.tls_version.unwrap_or("-"),
-            tls_group = ctx.tls_group.unwrap_or("-"),
-            error = e.map(|e| e.etype().as_str()).unwrap_or(""),
-            "request"
-        );
+        observe::observe(self.tls, session, e, ctx);
     }
 }
 
@@ -1126,180 +883,7 @@ fn uri_captures(
     }))
 }
 
-/// `example.com:8000` → `example.com`; `[::1]:8000` → `[::1]`.
-fn strip_port(host: &str) -> &str {
-    match host.rfind(':') {
-        Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
-            &host[..i]
-        }
-        _ => host,
-    }
-}
-
-pub fn host_with_port(host: &str, port: u16, protocol: Protocol) -> String {
-    if port == protocol.default_port() {
-        host.to_string()
-    } else if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// Used by `respond` to build bodies without allocation-heavy JSON machinery.
-/// The client address behind a trusted proxy: `X-Forwarded-For` read from the right, skipping
-/// trusted proxies, the first untrusted address being the client (nginx's `real_ip_recursive`).
-/// The peer itself when it is not trusted or the header has no usable address — a client can
-/// never choose its own address by sending the header.
-fn forwarded_client(
-    peer: IpAddr,
-    headers: &http::HeaderMap,
-    trusted: &[crate::config::model::IpNet],
-) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if trusted.is_empty() || !is_trusted(peer) {
-        return peer;
-    }
-    let mut client = peer;
-    // Later header lines come after earlier ones in the chain.
-    let entries: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    for entry in entries.iter().rev() {
-        let entry = entry.trim();
-        let Ok(ip) = entry.parse::<IpAddr>() else {
-            // Garbage ends the walk: nothing left of it was vouched for.
-            break;
-        };
-        client = ip;
-        if !is_trusted(ip) {
-            break;
-        }
-    }
-    client
-}
-
 pub fn json_body(message: &str, request_id: &str) -> Bytes {
     let v = serde_json::json!({ "message": message, "request_id": request_id });
     Bytes::from(v.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn forwarded_client_trusts_only_configured_proxies() {
-        use super::forwarded_client;
-        use crate::config::model::IpNet;
-        use std::net::IpAddr;
-        let net = |a: &str, prefix| IpNet {
-            addr: a.parse().unwrap(),
-            prefix,
-        };
-        let trusted = [net("10.0.0.0", 8), net("::1", 128)];
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let xff = |v: &[&str]| {
-            let mut h = http::HeaderMap::new();
-            for v in v {
-                h.append("x-forwarded-for", v.parse().unwrap());
-            }
-            h
-        };
-        // An untrusted peer's header is ignored.
-        assert_eq!(
-            forwarded_client(ip("192.0.2.1"), &xff(&["203.0.113.5"]), &trusted),
-            ip("192.0.2.1")
-        );
-        // A trusted peer: the rightmost untrusted address, over several hops and lines.
-        assert_eq!(
-            forwarded_client(
-                ip("10.0.0.2"),
-                &xff(&["198.51.100.1, 203.0.113.5", "10.0.0.9"]),
-                &trusted
-            ),
-            ip("203.0.113.5")
-        );
-        assert_eq!(
-            forwarded_client(ip("::1"), &xff(&["2001:db8::7"]), &trusted),
-            ip("2001:db8::7")
-        );
-        // No header, or garbage right away: the peer.
-        assert_eq!(
-            forwarded_client(ip("10.0.0.2"), &xff(&[]), &trusted),
-            ip("10.0.0.2")
-        );
-        assert_eq!(
-            forwarded_client(ip("10.0.0.2"), &xff(&["198.51.100.1, junk"]), &trusted),
-            ip("10.0.0.2")
-        );
-        // Nothing trusted configured: always the peer.
-        assert_eq!(
-            forwarded_client(ip("10.0.0.2"), &xff(&["203.0.113.5"]), &[]),
-            ip("10.0.0.2")
-        );
-    }
-
-    use super::ip_header_value;
-
-    #[test]
-    fn host_values() {
-        for ok in [
-            "h.test",
-            "H.Test:8000",
-            "127.0.0.1:80",
-            "[::1]:8443",
-            "a-b_c.example",
-        ] {
-            assert!(super::valid_host(ok.as_bytes()), "{ok}");
-        }
-        for bad in [
-            "",
-            "bad host",
-            "a/b",
-            "a\\b",
-            "x..y",
-            "h.test\u{7f}",
-            "h\u{e9}.test",
-            "a@b",
-        ] {
-            assert!(!super::valid_host(bad.as_bytes()), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn ip_header_value_matches_display() {
-        for ip in [
-            "0.0.0.0",
-            "255.255.255.255",
-            "10.0.100.9",
-            "127.0.0.1",
-            "192.168.1.20",
-            "1.10.100.200",
-            "::1",
-            "2001:db8::8a2e:370:7334",
-        ] {
-            let parsed: std::net::IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_header_value(parsed).to_str().unwrap(), ip);
-        }
-        for n in [
-            0u32,
-            1,
-            9,
-            10,
-            99,
-            100,
-            199,
-            200,
-            255,
-            256,
-            65_535,
-            16_777_216,
-            u32::MAX,
-        ] {
-            let v4 = std::net::Ipv4Addr::from(n);
-            assert_eq!(ip_header_value(v4.into()).to_str().unwrap(), v4.to_string());
-        }
-    }
 }
