@@ -126,11 +126,12 @@ struct Listeners {
 fn start(certs: &[(&str, &Leaf)], entities: &str) -> (Gateway, Listeners) {
     let builder = Gateway::builder().no_settings();
     let p = builder.ports();
+    let [tcp, tcp2] = free_ports::<2>(&[p.http, p.https, p.status, p.stream]);
     let ports = Listeners {
         http: p.http,
         tls: p.stream,
-        tcp: free_port(),
-        tcp2: free_port(),
+        tcp,
+        tcp2,
         status: p.status,
     };
     let settings = format!(

@@ -32,6 +32,24 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
+/// `N` distinct free ports: the listeners are held together until all are known, so the kernel
+/// cannot hand the same ephemeral port out twice, and none equals a port in `taken`.
+pub fn free_ports<const N: usize>(taken: &[u16]) -> [u16; N] {
+    let mut held = Vec::new();
+    let mut out = [0u16; N];
+    let mut n = 0;
+    while n < N {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        held.push(l);
+        if !taken.contains(&port) {
+            out[n] = port;
+            n += 1;
+        }
+    }
+    out
+}
+
 /// The repository root (for the example `conf/`).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
