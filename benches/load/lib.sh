@@ -8,7 +8,7 @@ WORK=${BENCH_WORK:-$ROOT/target/bench-load}
 DURATION=${BENCH_DURATION:-5}
 WARMUP=${BENCH_WARMUP:-1}
 REPEATS=${BENCH_REPEATS:-3}
-SCENARIOS=${BENCH_SCENARIOS:-"s1 s2 s3 s4 s5bulk s5conn mem"}
+SCENARIOS=${BENCH_SCENARIOS:-"s1 s2 s3 s4 s4pq s5bulk s5conn s1keyauth s1jwt s1traffic s1log s7 mem"}
 CCPU=${BENCH_CLIENT_CPU:-0}
 SCPU=${BENCH_SERVER_CPU:-1}
 MAX_LOAD=${BENCH_MAX_LOAD-0.7}
@@ -177,11 +177,50 @@ EOF
 # TLS 1.2–1.3 with the same ECDSA P-256 certificate, each product's defaults otherwise.
 # mode: http (s1), https (s2, s4), mtls (s3), stream (s5*)
 
+# Plugin scenarios (Portcullis only; each is S1's route with plugins, priced against S1): the
+# route's plugins per set, and the request headers the load client sends for it.
+plugin_set_yaml() { # set
+    local keyauth="          - name: key-auth" jwt="          - name: jwt"
+    local traffic="          - name: cors
+            config: {origins: [\"https://app.bench.test\"]}
+          - name: rate-limiting
+            config: {second: 1000000000, policy: local}
+          - name: request-transformer
+            config: {add: {headers: [\"x-bench:1\"]}}"
+    local logging="          - name: http-log
+            config: {http_endpoint: \"http://127.0.0.1:$UP_HTTP/logs\"}
+          - name: opentelemetry
+            config: {traces_endpoint: \"http://127.0.0.1:$UP_HTTP/v1/traces\"}"
+    case $1 in
+        keyauth) echo "$keyauth" ;;
+        jwt) echo "$jwt" ;;
+        traffic) echo "$traffic" ;;
+        log) echo "$logging" ;;
+        s7) printf '%s\n%s\n' "$keyauth" "$traffic" ;;
+    esac
+}
+write_plugin_headers() {
+    local token
+    # An HS256 token for the jwt credential below, valid for a day.
+    token=$(python3 -c '
+import base64, hashlib, hmac, json, time
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+h = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+c = b(json.dumps({"iss": "bench-iss", "exp": int(time.time()) + 86400}).encode())
+s = b(hmac.new(b"bench-jwt-secret-0123456789abcdef", f"{h}.{c}".encode(), hashlib.sha256).digest())
+print(f"{h}.{c}.{s}")')
+    printf 'apikey: bench-api-key-0123456789\n' >"$PKI/h-keyauth.txt"
+    printf 'Authorization: Bearer %s\n' "$token" >"$PKI/h-jwt.txt"
+    printf 'Origin: https://app.bench.test\n' >"$PKI/h-traffic.txt"
+    : >"$PKI/h-log.txt"
+    cat "$PKI/h-keyauth.txt" "$PKI/h-traffic.txt" >"$PKI/h-s7.txt"
+}
+
 portcullis_conf() { # mode dir
     local mode=$1 d=$2 listen svc
     mkdir -p "$d"
     case $mode in
-        http) listen="    - address: 127.0.0.1:$P_PORT" ;;
+        http | http-*) listen="    - address: 127.0.0.1:$P_PORT" ;;
         https | mtls) listen="    - address: 127.0.0.1:$P_PORT
       tls: true" ;;
         stream) listen="    []
@@ -195,6 +234,18 @@ portcullis_conf() { # mode dir
       - name: all
         paths: [/]"
     case $mode in
+        http-*) svc="consumers:
+  - username: alice
+    keyauth_credentials: [{key: bench-api-key-0123456789}]
+    jwt_secrets: [{key: bench-iss, secret: bench-jwt-secret-0123456789abcdef, algorithm: HS256}]
+services:
+  - name: up
+    url: http://127.0.0.1:$UP_HTTP
+    routes:
+      - name: all
+        paths: [/]
+        plugins:
+$(plugin_set_yaml "${mode#http-}")" ;;
         mtls) svc="consumers:
   - username: alice
     acls:
@@ -435,12 +486,14 @@ stop_systems() {
 # --- one measured run --------------------------------------------------------------------------
 # scenario → mode and client arguments (the port is appended per system)
 scenario_mode() {
-    case $1 in s1) echo http ;; s2 | s4 | s4pq) echo https ;; s3) echo mtls ;; s5*) echo stream ;; esac
+    case $1 in s1) echo http ;; s1keyauth) echo http-keyauth ;; s1jwt) echo http-jwt ;;
+        s1traffic) echo http-traffic ;; s1log) echo http-log ;; s7) echo http-s7 ;; s2 | s4 | s4pq) echo https ;; s3) echo mtls ;; s5*) echo stream ;; esac
 }
 client_args() { # scenario system
     local s=$1 sys=$2
     case $s in
         s1) echo "--conns 64" ;;
+        s1keyauth | s1jwt | s1traffic | s1log | s7) echo "--conns 64 --header-file $PKI/h-${s#s1}.txt" ;;
         s2) echo "--conns 64 --tls --sni proxy.bench.test" ;;
         s3) echo "--conns 64 --tls --sni proxy.bench.test --cert $PKI/alice.crt --key $PKI/alice.key" ;;
         s4) echo "--conns 32 --close --tls --sni proxy.bench.test" ;;
@@ -455,7 +508,9 @@ client_args() { # scenario system
 scenario_systems() { # scenario
     local sys
     for sys in "${SYSTEMS[@]}"; do
-        [ "$1" = s4pq ] && [ "$sys" != portcullis ] && continue
+        case $1 in s4pq | s1keyauth | s1jwt | s1traffic | s1log | s7)
+            [ "$sys" != portcullis ] && continue ;;
+        esac
         echo -n "$sys "
     done
 }
@@ -532,3 +587,5 @@ meta() { # key value-json
     python3 -c 'import json,sys; print(json.dumps({"kind":"meta", sys.argv[1]: json.loads(sys.argv[2])}))' "$1" "$2" >>"$RESULTS"
 }
 
+# The plugin scenarios' request headers (a JWT valid for a day: made at every run).
+write_plugin_headers

@@ -16,6 +16,11 @@ TITLES = {
     "s3": "S3 mTLS downstream (mtls-auth + acl) -> HTTPS upstream verified at depth 1, pooled (64 connections)",
     "s4": "S4 new TLS handshakes per second (one request per connection, no resumption, 32 concurrent)",
     "s4pq": "S4 with the post-quantum hybrid X25519MLKEM768 (Portcullis only: nginx and HAProxy link Debian's OpenSSL 3.0)",
+    "s1keyauth": "S1 route + key-auth (Portcullis only)",
+    "s1jwt": "S1 route + jwt, HS256 (Portcullis only)",
+    "s1traffic": "S1 route + cors + rate-limiting (local, never reached) + request-transformer (Portcullis only)",
+    "s1log": "S1 route + http-log + opentelemetry, both shipping to a live receiver (Portcullis only)",
+    "s7": "S7 programmable route: key-auth + rate-limiting + cors + request-transformer (Portcullis only)",
     "s5bulk": "S5 passthrough by SNI: bulk download (4 connections, 32 MiB responses over end-to-end TLS)",
     "s5conn": "S5 passthrough by SNI: new connections per second (full TLS handshake with the upstream, 32 concurrent)",
 }
@@ -163,6 +168,31 @@ def main(path):
             f"| ratio | {fmt(hybrid / classic if classic else None, 2)}× "
             f"| {fmt(cpu[1] / cpu[0] if cpu[0] else None, 2)}× |"
         )
+        p("")
+    plugin_scenarios = ["s1keyauth", "s1jwt", "s1traffic", "s1log", "s7"]
+    base = [r for r in load if r["scenario"] == "s1" and r["system"] == "portcullis"]
+    priced = [
+        (s, [r for r in load if r["scenario"] == s and r["system"] == "portcullis"])
+        for s in plugin_scenarios
+    ]
+    priced = [(s, x) for s, x in priced if x]
+    if base and priced:
+
+        def cpu_per_req(x):
+            return med([r["proxy_cpu_s"] / r["requests"] * 1e6 for r in x if r["requests"]])
+
+        b_cpu, b_thr = cpu_per_req(base), med([r["rps"] for r in base])
+        p("### Plugin cost on the S1 route (Portcullis, against S1 in this run)")
+        p("")
+        p("| scenario | req/s | proxy CPU µs/req | CPU / S1 | req/s / S1 |")
+        p("|---|---|---|---|---|")
+        p(f"| s1 (no plugin) | {fmt(b_thr)} | {fmt(b_cpu, 1)} | 1.00× | 1.00× |")
+        for s, x in priced:
+            c, t = cpu_per_req(x), med([r["rps"] for r in x])
+            p(
+                f"| {s} | {fmt(t)} | {fmt(c, 1)} | {fmt(c / b_cpu if b_cpu else None, 2)}× "
+                f"| {fmt(t / b_thr if b_thr else None, 2)}× |"
+            )
         p("")
     if summary:
         p("### Ratios (medians of this run)")

@@ -17,7 +17,7 @@
 #
 # Environment:
 #   BENCH_WORK (target/bench-load)  BENCH_DURATION (5 s measured)  BENCH_WARMUP (1 s)
-#   BENCH_REPEATS (3)  BENCH_SCENARIOS ("s1 s2 s3 s4 s4pq s5bulk s5conn mem")
+#   BENCH_REPEATS (3)  BENCH_SCENARIOS ("s1 s2 s3 s4 s4pq s5bulk s5conn s1keyauth s1jwt s1traffic s1log s7 mem")
 #   BENCH_SYSTEMS ("direct portcullis nginx haproxy")
 #   BENCH_MAX_LOAD (0.7: wait until the 1-minute load average is below it, polling every 60 s,
 #   at most BENCH_LOAD_WAIT_MIN=40 minutes; empty: do not wait)

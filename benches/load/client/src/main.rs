@@ -29,7 +29,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 const USAGE: &str = "usage:
   pcload run  --addr IP:PORT [--host H] [--path /] [--tls] [--sni NAME] [--ca FILE]
               [--cert FILE --key FILE] [--groups X25519] [--conns 64] [--duration 5]
-              [--warmup 1] [--close]
+              [--warmup 1] [--close] [--header-file FILE]
   pcload hold --addr IP:PORT [--tls --sni NAME ...] [--conns 1000] [--hold 5]
   pcload bigconf --dir DIR --routes 10000 --certs 1000 --upstream IP:PORT --listen IP:PORT
               --tls-listen IP:PORT
@@ -122,8 +122,17 @@ impl Target {
             None
         };
         let conn = if close { "close" } else { "keep-alive" };
+        // Extra request headers, one `Name: value` per line (credentials for plugin scenarios).
+        let extra: String = match a.get("header-file") {
+            Some(f) => std::fs::read_to_string(f)?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| format!("{}\r\n", l.trim_end()))
+                .collect(),
+            None => String::new(),
+        };
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: pcload\r\nAccept: */*\r\nConnection: {conn}\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: pcload\r\nAccept: */*\r\n{extra}Connection: {conn}\r\n\r\n"
         )
         .into_bytes();
         Ok(Target {
