@@ -475,3 +475,33 @@ fn bad_acme_config_is_refused_with_its_location() {
         out.all()
     );
 }
+
+#[test]
+fn file_storage_keeps_certificates_across_a_restart() {
+    let pki = Pki::new();
+    let store = tempfile::tempdir().unwrap();
+    let b = builder(&pki);
+    let pebble = Pebble::start(&pki, b.ports().http, closed_port());
+    let api = format!("https://127.0.0.1:{}/dir", pebble.port);
+    let extra = format!(
+        "    domains: [kept.acme.test]\n    storage: file\n    storage_config:\n      file:\n        path: {}\n",
+        store.path().display()
+    );
+    let root = pebble.root_file();
+    let serial = {
+        let gw = b.file("gateway.yaml", conf(&api, &extra)).start();
+        wait_issued(&gw, &pebble, &root, "kept.acme.test")
+    };
+    // A new process on the same directory serves the stored certificate without ordering.
+    let gw = builder(&pki)
+        .file("gateway.yaml", conf(&api, &extra))
+        .start();
+    assert_eq!(wait_issued(&gw, &pebble, &root, "kept.acme.test"), serial);
+    assert_eq!(orders(&gw, "success") + orders(&gw, "failure"), 0.0);
+    // The private key is on disk, readable by the gateway's user only.
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(store.path()).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        assert_eq!(meta.permissions().mode() & 0o077, 0);
+    }
+}

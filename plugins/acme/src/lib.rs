@@ -75,12 +75,13 @@ impl PluginFactory for Factory {
                 "acme: preferred_chain is not honoured: the CA's default chain is served"
             );
         }
+        // Adopted when the gateway applies this configuration (`certificates`), not here:
+        // `portcullis check` and refused reloads build instances too.
         let inner = Arc::new(Inner {
             settings,
             store,
             http,
         });
-        global().adopt(&inner);
         Ok(Arc::new(Acme { inner }))
     }
 }
@@ -116,7 +117,9 @@ struct Global {
     http01: Mutex<HashMap<String, String>>,
     /// domain → (key authorization, challenge certificate).
     tls_alpn: Mutex<HashMap<String, (String, Arc<ProvidedCertificate>)>>,
-    current: Mutex<Weak<Inner>>,
+    /// Applied configurations, newest last; the newest still alive is the live one (a reload
+    /// refused after `certificates` was asked leaves the previous one in charge).
+    current: Mutex<Vec<Weak<Inner>>>,
     identity: Mutex<String>,
     wake: tokio::sync::Notify,
 }
@@ -128,7 +131,7 @@ fn global() -> &'static Global {
         checks: Mutex::new(HashMap::new()),
         http01: Mutex::new(HashMap::new()),
         tls_alpn: Mutex::new(HashMap::new()),
-        current: Mutex::new(Weak::new()),
+        current: Mutex::new(Vec::new()),
         identity: Mutex::new(String::new()),
         wake: tokio::sync::Notify::new(),
     })
@@ -155,13 +158,21 @@ impl Global {
                 *current = identity;
             }
         }
-        *lock(&self.current) = Arc::downgrade(inner);
+        {
+            let mut current = lock(&self.current);
+            current.retain(|w| w.strong_count() > 0);
+            current.push(Arc::downgrade(inner));
+        }
         static RENEWAL: std::sync::Once = std::sync::Once::new();
         RENEWAL.call_once(|| {
             portcullis_plugin_api::background::spawn(renew_loop());
         });
         // Configured domains are ordered ahead of time and due certificates renewed now.
         self.wake.notify_one();
+    }
+
+    fn live(&self) -> Option<Arc<Inner>> {
+        lock(&self.current).iter().rev().find_map(Weak::upgrade)
     }
 
     fn cert(&self, host: &str) -> Option<Arc<Issued>> {
@@ -245,8 +256,8 @@ fn unix_now() -> i64 {
 async fn renew_loop() {
     let g = global();
     loop {
-        let current = lock(&g.current).upgrade();
-        if let Some(inner) = current {
+        let live = g.live();
+        if let Some(inner) = live {
             let mut hosts: BTreeSet<String> = inner.settings.domains.iter().cloned().collect();
             if let Ok(certs) = g.certs.read() {
                 hosts.extend(certs.keys().filter(|h| inner.settings.allowed(h)).cloned());
@@ -753,6 +764,8 @@ impl Plugin for Acme {
     }
 
     fn certificates(&self) -> Option<Arc<dyn CertificateProvider>> {
+        // Asked once, when the gateway applies this configuration.
+        global().adopt(&self.inner);
         Some(Arc::new(Provider(self.inner.clone())))
     }
 
