@@ -461,3 +461,19 @@ pub fn describe(leaf: &X509Ref, chain_der: Vec<Vec<u8>>) -> ClientCertificate {
         fingerprint_sha256,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::offered_protocol;
+
+    #[test]
+    fn acme_tls_alpn_is_found_only_as_a_whole_protocol() {
+        assert!(offered_protocol(b"\x0aacme-tls/1", b"acme-tls/1"));
+        assert!(offered_protocol(b"\x02h2\x0aacme-tls/1", b"acme-tls/1"));
+        assert!(!offered_protocol(b"\x02h2\x08http/1.1", b"acme-tls/1"));
+        // A name inside another protocol's bytes, or a truncated list, is not an offer.
+        assert!(!offered_protocol(b"\x0cxacme-tls/1x", b"acme-tls/1"));
+        assert!(!offered_protocol(b"\x0bacme-tls/1", b"acme-tls/1"));
+        assert!(!offered_protocol(b"", b"acme-tls/1"));
+    }
+}

@@ -47,6 +47,8 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(600);
 /// After looking in storage for a name without a certificate, handshakes for that name do not
 /// look again for this long (Kong's negative cache TTL).
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Checks remembered before finished ones are dropped.
+const MAX_CHECKS: usize = 10_000;
 /// How often certificates are checked for renewal (also right after every reload).
 const RENEW_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -196,6 +198,14 @@ impl Global {
     /// [`NEGATIVE_TTL`] ago.
     fn begin_check(&self, host: &str, force: bool) -> bool {
         let mut checks = lock(&self.checks);
+        // Names clients made up (`allow_any_domain`, wildcard `domains`) must not grow this map
+        // without bound: finished checks past the negative cache carry no information.
+        if checks.len() >= MAX_CHECKS {
+            checks.retain(|_, c| match c {
+                Check::Running => true,
+                Check::Done(at) => at.elapsed() < NEGATIVE_TTL,
+            });
+        }
         match checks.get(host) {
             Some(Check::Running) => false,
             Some(Check::Done(at)) if !force && at.elapsed() < NEGATIVE_TTL => false,
