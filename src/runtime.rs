@@ -268,7 +268,10 @@ pub fn compile(
     let router = Router::new(&enabled);
     update_cert_metrics(&config);
     Ok(Runtime {
-        certs: Arc::new(CertStore::new(&config, fallback_cert, policy)),
+        certs: Arc::new(
+            CertStore::new(&config, fallback_cert, policy)
+                .with_provider(certificate_provider(&config)),
+        ),
         router,
         routes,
         services,
@@ -277,6 +280,19 @@ pub fn compile(
         rewrite: plugin::compile_rewrite(&config),
         config,
     })
+}
+
+/// The certificate provider of the first global plugin instance that has one (ACME).
+fn certificate_provider(
+    config: &Config,
+) -> Option<Arc<dyn portcullis_plugin_api::tls::CertificateProvider>> {
+    config
+        .plugins
+        .iter()
+        .filter(|p| {
+            p.scope.route.is_none() && p.scope.service.is_none() && p.scope.consumer.is_none()
+        })
+        .find_map(|p| p.plugin.certificates())
 }
 
 fn protocol_name(p: Protocol) -> &'static str {

@@ -159,14 +159,10 @@ metric!(
     "Stream bytes by route and direction (upstream/downstream)",
     &["route", "direction"]
 );
-metric!(
-    CERT_EXPIRY,
-    IntGaugeVec,
-    register_int_gauge_vec,
-    "portcullis_certificate_expiry_timestamp_seconds",
-    "notAfter of every loaded certificate as a Unix timestamp",
-    &["kind", "name", "subject"]
-);
+/// `portcullis_certificate_expiry_timestamp_seconds{kind,name,subject}`, defined in the plugin
+/// API so that plugins providing certificates (ACME) report in the same family.
+pub static CERT_EXPIRY: LazyLock<IntGaugeVec> =
+    LazyLock::new(|| portcullis_plugin_api::tls::certificate_expiry().clone());
 metric!(
     TARGET_HEALTH,
     IntGaugeVec,

@@ -239,9 +239,12 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
             // Post-quantum hybrid first by default (SPEC §5); fixed for the process's life,
             // like the listener itself (a reload changing `tls.groups` says so).
             tls.set_groups_list(&crate::tls::groups::server_list(&config.tls_groups))?;
-            if l.http2 {
-                tls.enable_h2();
-            }
+            // ALPN: `h2` when enabled, and `acme-tls/1` for TLS-ALPN-01 validations answered
+            // by a certificate provider (see tls::select_alpn).
+            let (alpn_shared, http2) = (shared.clone(), l.http2);
+            tls.set_alpn_select_callback(move |ssl, offered| {
+                crate::tls::select_alpn(&alpn_shared, http2, ssl, offered)
+            });
             tls.set_min_proto_version(Some(pingora::tls::ssl::SslVersion::TLS1_2))?;
             // Before add_listener: Pingora copies the callback into each endpoint it adds.
             svc.endpoints()

@@ -25,6 +25,7 @@ use openssl::stack::Stack;
 use openssl::x509::{X509Name, X509NameBuilder, X509Ref, X509};
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
+use portcullis_plugin_api::tls::{CertificateProvider, ProvidedCertificate, ACME_TLS_ALPN};
 use portcullis_plugin_api::ClientCertificate;
 use std::any::Any;
 use std::collections::HashMap;
@@ -65,6 +66,8 @@ pub struct CertStore {
     by_name: HashMap<String, Arc<Certificate>>,
     default: Arc<Certificate>,
     pub client_certs: ClientCertPolicy,
+    /// Certificates a global plugin provides (ACME) for SNIs no configured certificate matches.
+    pub provider: Option<Arc<dyn CertificateProvider>>,
 }
 
 impl CertStore {
@@ -93,26 +96,43 @@ impl CertStore {
             by_name,
             default,
             client_certs,
+            provider: None,
         }
+    }
+
+    /// This store, asking `provider` for SNIs no configured certificate matches.
+    pub fn with_provider(mut self, provider: Option<Arc<dyn CertificateProvider>>) -> Self {
+        self.provider = provider;
+        self
     }
 
     /// Exact SNI, then `*.rest`, then `all-but-last.*`, then the default certificate.
     pub fn lookup(&self, sni: Option<&str>) -> &Arc<Certificate> {
-        let Some(sni) = sni else {
-            return &self.default;
-        };
+        sni.and_then(|s| self.configured(s))
+            .unwrap_or(&self.default)
+    }
+
+    /// The configured certificate for `sni` (exact, then wildcards), if any.
+    pub fn configured(&self, sni: &str) -> Option<&Arc<Certificate>> {
         let sni = names::normalize(sni);
         if let Some(c) = self.by_name.get(sni.as_ref()) {
-            return c;
+            return Some(c);
         }
         // Kong's rule (`produce_wild_snis`): replace the first label by `*`, then the last one:
         // `www.domain.com` tries `*.domain.com`, then `www.domain.*`.
-        for pattern in names::certificate_wildcards(&sni).iter().flatten() {
-            if let Some(c) = self.by_name.get(pattern) {
-                return c;
-            }
+        names::certificate_wildcards(&sni)
+            .iter()
+            .flatten()
+            .find_map(|pattern| self.by_name.get(pattern))
+    }
+
+    /// Whether a handshake for `sni` offering ALPN `acme-tls/1` is a TLS-ALPN-01 validation the
+    /// provider answers.
+    pub fn answers_tls_alpn(&self, sni: Option<&str>) -> bool {
+        match (&self.provider, sni) {
+            (Some(p), Some(s)) => p.answers_tls_alpn(&names::normalize(s)),
+            _ => false,
         }
-        &self.default
     }
 }
 
@@ -209,11 +229,73 @@ pub struct Acceptor {
 }
 
 fn install(ssl: &mut SslRef, cert: &Certificate) -> Result<(), openssl::error::ErrorStack> {
-    pingora::tls::ext::ssl_use_certificate(ssl, &cert.chain[0])?;
-    for c in cert.chain.iter().skip(1) {
+    install_chain(ssl, &cert.chain, &cert.key)
+}
+
+fn install_chain(
+    ssl: &mut SslRef,
+    chain: &[X509],
+    key: &PKey<openssl::pkey::Private>,
+) -> Result<(), openssl::error::ErrorStack> {
+    let Some(leaf) = chain.first() else {
+        return Err(ErrorStack::get());
+    };
+    pingora::tls::ext::ssl_use_certificate(ssl, leaf)?;
+    for c in chain.iter().skip(1) {
         pingora::tls::ext::ssl_add_chain_cert(ssl, c)?;
     }
-    pingora::tls::ext::ssl_use_private_key(ssl, &cert.key)
+    pingora::tls::ext::ssl_use_private_key(ssl, key)
+}
+
+fn install_provided(ssl: &mut SslRef, cert: &ProvidedCertificate) {
+    if let Err(e) = install_chain(ssl, &cert.chain, &cert.key) {
+        tracing::error!(error = %e, "installing a provided certificate failed");
+    }
+}
+
+/// The ALPN choice of an HTTPS listener: `acme-tls/1` for a TLS-ALPN-01 validation the
+/// certificate provider answers, else `h2` then `http/1.1` when HTTP/2 is on, else no ALPN.
+pub fn select_alpn<'a>(
+    shared: &Shared,
+    http2: bool,
+    ssl: &mut SslRef,
+    offered: &'a [u8],
+) -> Result<&'a [u8], AlpnError> {
+    // Only validation servers offer `acme-tls/1`; other handshakes pay one scan of the list.
+    if offered_protocol(offered, ACME_TLS_ALPN) {
+        let sni = ssl.servername(NameType::HOST_NAME);
+        if shared.load().certs.answers_tls_alpn(sni) {
+            return select_next_proto(b"\x0aacme-tls/1", offered).ok_or(AlpnError::NOACK);
+        }
+    }
+    if http2 {
+        select_next_proto(b"\x02h2\x08http/1.1", offered).ok_or(AlpnError::NOACK)
+    } else {
+        Err(AlpnError::NOACK)
+    }
+}
+
+fn offered_protocol(mut list: &[u8], proto: &[u8]) -> bool {
+    while let Some((&len, rest)) = list.split_first() {
+        let len = len as usize;
+        if rest.len() < len {
+            return false;
+        }
+        if &rest[..len] == proto {
+            return true;
+        }
+        list = &rest[len..];
+    }
+    false
+}
+
+impl Acceptor {
+    fn install_default(&self, ssl: &mut SslRef, certs: &CertStore, sni: Option<&str>) {
+        let cert = certs.lookup(sni);
+        if let Err(e) = install(ssl, cert) {
+            tracing::error!(certificate = cert.display_name(), error = %e, "installing certificate failed");
+        }
+    }
 }
 
 #[async_trait]
@@ -225,9 +307,25 @@ impl TlsAccept for Acceptor {
         let sni = ssl
             .servername(NameType::HOST_NAME)
             .map(|s| names::normalize(s).into_owned());
-        let cert = rt.certs.lookup(sni.as_deref()).clone();
-        if let Err(e) = install(ssl, &cert) {
-            tracing::error!(certificate = cert.display_name(), error = %e, "installing certificate failed");
+        match (sni.as_deref(), &rt.certs.provider) {
+            (Some(s), Some(p)) if rt.certs.configured(s).is_none() => {
+                if ssl.selected_alpn_protocol() == Some(ACME_TLS_ALPN) {
+                    // TLS 1.3 selects ALPN before this callback: a TLS-ALPN-01 validation gets
+                    // the challenge certificate and nothing else.
+                    if let Some(c) = p.tls_alpn_certificate(s).await {
+                        install_provided(ssl, &c);
+                    }
+                    return;
+                }
+                match p.certificate(s) {
+                    Some(c) => install_provided(ssl, &c),
+                    None => {
+                        p.missing(s);
+                        self.install_default(ssl, &rt.certs, sni.as_deref());
+                    }
+                }
+            }
+            _ => self.install_default(ssl, &rt.certs, sni.as_deref()),
         }
         if rt.certs.client_certs.applies(sni.as_deref()) {
             // Ask, accept whatever comes: each mtls-auth instance verifies against its own CAs,
@@ -361,5 +459,21 @@ pub fn describe(leaf: &X509Ref, chain_der: Vec<Vec<u8>>) -> ClientCertificate {
         sans,
         serial,
         fingerprint_sha256,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offered_protocol;
+
+    #[test]
+    fn acme_tls_alpn_is_found_only_as_a_whole_protocol() {
+        assert!(offered_protocol(b"\x0aacme-tls/1", b"acme-tls/1"));
+        assert!(offered_protocol(b"\x02h2\x0aacme-tls/1", b"acme-tls/1"));
+        assert!(!offered_protocol(b"\x02h2\x08http/1.1", b"acme-tls/1"));
+        // A name inside another protocol's bytes, or a truncated list, is not an offer.
+        assert!(!offered_protocol(b"\x0cxacme-tls/1x", b"acme-tls/1"));
+        assert!(!offered_protocol(b"\x0bacme-tls/1", b"acme-tls/1"));
+        assert!(!offered_protocol(b"", b"acme-tls/1"));
     }
 }

@@ -35,6 +35,7 @@ pub mod credentials;
 mod registry;
 pub mod serialize;
 pub mod state;
+pub mod tls;
 
 pub use registry::Registry;
 
@@ -643,6 +644,12 @@ pub trait Plugin: Send + Sync {
     /// When this instance needs the TLS listener to ask for a client certificate on the SNIs of
     /// the routes it is attached to.
     fn client_cert_request(&self) -> Option<ClientCertRequest> {
+        None
+    }
+
+    /// Certificates this instance provides to the TLS listeners (ACME); consulted for global
+    /// instances only, and only for SNIs no configured certificate matches.
+    fn certificates(&self) -> Option<Arc<dyn tls::CertificateProvider>> {
         None
     }
 
