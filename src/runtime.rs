@@ -6,6 +6,8 @@ use crate::config::model::{Config, Protocol, Route, Service};
 use crate::metrics;
 use crate::plugin::{self, RoutePlugins};
 use crate::routing::Router;
+use crate::stream::{StreamHealth, StreamKinds, StreamRouteSpec, StreamTable, StreamTarget};
+use crate::tls::upstream::StreamTlsClient;
 use crate::tls::upstream::{build_profile, TlsProfile};
 use crate::tls::{CertStore, ClientCertPolicy};
 use crate::upstream::dns::DnsName;
@@ -134,6 +136,22 @@ pub struct Runtime {
     pub loaded_at: SystemTime,
     /// Global plugin instances with a rewrite phase (run before routing).
     pub rewrite: plugin::Chain,
+    /// The stream listeners' routes, swapped with everything else.
+    pub stream: Arc<StreamTable>,
+}
+
+/// The stream listeners read the route table of the snapshot in force.
+impl crate::stream::TableSource for ArcSwap<Runtime> {
+    fn current(&self) -> Arc<StreamTable> {
+        self.load().stream.clone()
+    }
+}
+
+/// The TLS listeners read the certificates of the snapshot in force.
+impl crate::tls::CertSource for ArcSwap<Runtime> {
+    fn current(&self) -> Arc<CertStore> {
+        self.load().certs.clone()
+    }
 }
 
 impl Runtime {
@@ -167,8 +185,11 @@ fn flags_for(config: &Config, route: &Route) -> MetricFlags {
     }
 }
 
-/// Compile a validated configuration into live state. `previous` lets unchanged balancers (and
-/// their health state) carry over across a reload.
+/// Compile a validated configuration into live state: router, certificate store, stream table,
+/// balancers and plugin chains, one snapshot swapped as a whole. `previous` lets unchanged
+/// balancers (and their health state) carry over across a reload. Validation has checked every
+/// input compiling reads (host names, TLS server names, certificates), so this fails only when
+/// OpenSSL cannot allocate.
 pub fn compile(
     config: Arc<Config>,
     fallback_cert: Arc<crate::config::model::Certificate>,
@@ -207,7 +228,7 @@ pub fn compile(
         } else {
             None
         };
-        let host = crate::proxy::host_with_port(&s.host, s.port, s.protocol);
+        let host = crate::upstream::host_with_port(&s.host, s.port, s.protocol);
         let host_header = http::HeaderValue::from_str(&host).map_err(|_| {
             anyhow::anyhow!(
                 "service {}: host {:?} is not a valid Host header",
@@ -267,11 +288,13 @@ pub fn compile(
     }
     let router = Router::new(&enabled);
     update_cert_metrics(&config);
+    let certs = Arc::new(
+        CertStore::new(&config, fallback_cert, policy).with_provider(certificate_provider(&config)),
+    );
+    let stream = Arc::new(stream_table(&config, &balancers, &services, &certs));
     Ok(Runtime {
-        certs: Arc::new(
-            CertStore::new(&config, fallback_cert, policy)
-                .with_provider(certificate_provider(&config)),
-        ),
+        certs,
+        stream,
         router,
         routes,
         services,
@@ -451,4 +474,113 @@ pub fn update_cert_metrics(config: &Config) {
 
 pub fn scheme_default_port(p: Protocol) -> u16 {
     p.default_port()
+}
+
+/// Starts the DNS refresher thread: every `server.dns_refresh_interval` (or at once after
+/// `upstream::dns::force_refresh`, on SIGHUP)
+/// it re-resolves the names of the running configuration's services and balancers' targets.
+pub fn spawn_dns_refresher(shared: Shared) {
+    const TICK: std::time::Duration = std::time::Duration::from_millis(200);
+    let spawned = std::thread::Builder::new()
+        .name("dns-refresh".into())
+        .spawn(move || {
+            let mut last = std::time::Instant::now();
+            loop {
+                std::thread::sleep(TICK);
+                let rt = shared.load_full();
+                let forced = crate::upstream::dns::take_forced();
+                if !forced && last.elapsed() < rt.config.server.dns_refresh_interval {
+                    continue;
+                }
+                last = std::time::Instant::now();
+                for s in rt.services.values() {
+                    if let Some(d) = &s.dns {
+                        d.refresh();
+                    }
+                }
+                if forced {
+                    // Balancers re-resolve on their own interval; SIGHUP makes it now.
+                    for b in rt.balancers.all() {
+                        crate::upstream::re_resolve(b);
+                    }
+                    tracing::info!("SIGHUP: host names resolved again");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "DNS refresher failed to start");
+    }
+}
+
+/// The stream routes of a configuration, compiled with the rest of its snapshot (certificates
+/// for `tls` routes, upstream TLS profiles, balancers). Routes of a disabled service serve nothing.
+fn stream_table(
+    config: &Config,
+    balancers: &BalancerSet,
+    services: &HashMap<String, Arc<ServiceRt>>,
+    certs: &Arc<CertStore>,
+) -> StreamTable {
+    let specs = config
+        .stream_routes
+        .iter()
+        .filter(|r| r.service.enabled)
+        .map(|r| {
+            let s = &r.service;
+            let targets = match s.upstream.and_then(|i| config.upstreams.get(i)) {
+                Some(u) => u
+                    .targets
+                    .iter()
+                    .map(|t| StreamTarget {
+                        host: t.host.clone(),
+                        port: t.port,
+                        weight: t.weight,
+                    })
+                    .collect(),
+                None => vec![StreamTarget {
+                    host: s.host.clone(),
+                    port: s.port,
+                    weight: 100,
+                }],
+            };
+            let health = s
+                .upstream
+                .and_then(|i| config.upstreams.get(i))
+                .and_then(|u| balancers.get(&u.name))
+                .map(StreamHealth);
+            let p = &r.protocols;
+            let kinds = StreamKinds {
+                passthrough: p.tls_passthrough,
+                terminate: p.tls,
+                tcp: p.tcp,
+            };
+            // A passthrough route's bytes are the client's own TLS: never wrapped again.
+            let upstream_tls = if p.tls_passthrough {
+                None
+            } else {
+                services
+                    .get(&s.id)
+                    .and_then(|svc| svc.tls.clone())
+                    .and_then(|profile| match StreamTlsClient::new(profile) {
+                        Ok(c) => Some(Arc::new(c)),
+                        Err(e) => {
+                            tracing::error!(service = %s.name, error = %e, "building the stream TLS client failed");
+                            None
+                        }
+                    })
+            };
+            StreamRouteSpec {
+                route: r.name.clone(),
+                service: s.name.clone(),
+                snis: r.snis.clone(),
+                targets,
+                connect_timeout: s.connect_timeout,
+                health,
+                kinds,
+                sources: r.sources.clone(),
+                destinations: r.destinations.clone(),
+                upstream_tls,
+            }
+        })
+        .collect();
+    StreamTable::new(specs).with_certs(certs.clone())
 }

@@ -1,7 +1,6 @@
 //! What the gateway tells the upstream about the client: the client address behind trusted
 //! proxies, `X-Forwarded-*` values, the upstream `Host`.
 
-use crate::config::model::Protocol;
 use std::net::IpAddr;
 
 /// The client address as a header value. IPv4 is formatted by hand: `Display` went through
@@ -45,16 +44,6 @@ pub(super) fn strip_port(host: &str) -> &str {
             &host[..i]
         }
         _ => host,
-    }
-}
-
-pub fn host_with_port(host: &str, port: u16, protocol: Protocol) -> String {
-    if port == protocol.default_port() {
-        host.to_string()
-    } else if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 

@@ -3,13 +3,13 @@
 
 mod checks;
 mod forward;
+pub mod guard;
 mod observe;
 mod peer;
 pub mod request_line;
 pub mod respond;
 
 use checks::*;
-pub use forward::host_with_port;
 use forward::*;
 
 use crate::config::model::Protocol;
@@ -230,7 +230,7 @@ impl ProxyHttp for GatewayProxy {
 
     fn new_ctx(&self) -> Ctx {
         // Pingora makes the context right after parsing the request header.
-        crate::server::guard::header_received();
+        guard::header_received();
         Ctx {
             rt: None,
             route: None,
@@ -641,7 +641,7 @@ impl ProxyHttp for GatewayProxy {
                     (Some(h), _) => h.clone(),
                     (None, Some(i)) => {
                         let t = &b.targets[i];
-                        host_with_port(&t.host, t.port, s.protocol)
+                        crate::upstream::host_with_port(&t.host, t.port, s.protocol)
                     }
                     (None, None) => s.host.clone(),
                 },

@@ -2,7 +2,6 @@
 //! ones with our SNI acceptor), one stream service per stream listener, the status listener, the
 //! reload watcher. Pingora's own server settings are derived from the `server:` section.
 
-pub mod guard;
 pub mod reload;
 pub mod rundir;
 pub mod status;
@@ -11,11 +10,7 @@ use crate::config::model::Config;
 use crate::proxy::request_line::GuardedApp;
 use crate::proxy::GatewayProxy;
 use crate::runtime::{self, Runtime, Shared};
-use crate::stream::{
-    StreamApp, StreamHealth, StreamKinds, StreamRouteSpec, StreamSettings, StreamTable,
-    StreamTarget,
-};
-use crate::tls::upstream::StreamTlsClient;
+use crate::stream::{StreamApp, StreamSettings};
 use crate::tls::Acceptor;
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
@@ -30,7 +25,6 @@ use std::sync::Arc;
 pub struct Gateway {
     pub conf_dir: PathBuf,
     pub shared: Shared,
-    pub stream_table: Arc<ArcSwap<StreamTable>>,
     pub fallback_cert: Arc<crate::config::model::Certificate>,
     pub started: std::time::SystemTime,
     /// Why the last reload attempt was refused; `None` once one succeeds.
@@ -42,75 +36,6 @@ pub struct Gateway {
 pub struct ReloadFailure {
     pub at: std::time::SystemTime,
     pub message: String,
-}
-
-/// The stream routes of a configuration, compiled against its runtime (certificates for `tls`
-/// routes, upstream TLS profiles, balancers). Routes of a disabled service serve nothing.
-pub fn stream_table(rt: &Runtime) -> StreamTable {
-    let config = &rt.config;
-    let specs = config
-        .stream_routes
-        .iter()
-        .filter(|r| r.service.enabled)
-        .map(|r| {
-            let s = &r.service;
-            let targets = match s.upstream.and_then(|i| config.upstreams.get(i)) {
-                Some(u) => u
-                    .targets
-                    .iter()
-                    .map(|t| StreamTarget {
-                        host: t.host.clone(),
-                        port: t.port,
-                        weight: t.weight,
-                    })
-                    .collect(),
-                None => vec![StreamTarget {
-                    host: s.host.clone(),
-                    port: s.port,
-                    weight: 100,
-                }],
-            };
-            let health = s
-                .upstream
-                .and_then(|i| config.upstreams.get(i))
-                .and_then(|u| rt.balancers.get(&u.name))
-                .map(StreamHealth);
-            let p = &r.protocols;
-            let kinds = StreamKinds {
-                passthrough: p.tls_passthrough,
-                terminate: p.tls,
-                tcp: p.tcp,
-            };
-            // A passthrough route's bytes are the client's own TLS: never wrapped again.
-            let upstream_tls = if p.tls_passthrough {
-                None
-            } else {
-                rt.services
-                    .get(&s.id)
-                    .and_then(|svc| svc.tls.clone())
-                    .and_then(|profile| match StreamTlsClient::new(profile) {
-                        Ok(c) => Some(Arc::new(c)),
-                        Err(e) => {
-                            tracing::error!(service = %s.name, error = %e, "building the stream TLS client failed");
-                            None
-                        }
-                    })
-            };
-            StreamRouteSpec {
-                route: r.name.clone(),
-                service: s.name.clone(),
-                snis: r.snis.clone(),
-                targets,
-                connect_timeout: s.connect_timeout,
-                health,
-                kinds,
-                sources: r.sources.clone(),
-                destinations: r.destinations.clone(),
-                upstream_tls,
-            }
-        })
-        .collect();
-    StreamTable::new(specs).with_certs(rt.certs.clone())
 }
 
 /// Warnings a running gateway logs once per (re)load.
@@ -138,12 +63,10 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     let fallback = crate::tls::self_signed()?;
     log_config_warnings(&config);
     let rt = build_runtime(config.clone(), fallback.clone(), None)?;
-    let stream_table = Arc::new(ArcSwap::from_pointee(stream_table(&rt)));
     let shared: Shared = Arc::new(ArcSwap::from_pointee(rt));
     let gw = Arc::new(Gateway {
         conf_dir,
         shared: shared.clone(),
-        stream_table: stream_table.clone(),
         fallback_cert: fallback,
         started: std::time::SystemTime::now(),
         last_reload_error: std::sync::Mutex::new(None),
@@ -221,8 +144,8 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
         // (Pingora rewrites malformed request lines before any hook could see them,
         // `proxy::request_line`); then the header deadline around Pingora's proxy (see guard.rs
         // for why these live outside Pingora).
-        let app = guard::ConnectionCap::new(
-            GuardedApp::new(guard::HeaderDeadline::new(
+        let app = crate::proxy::guard::ConnectionCap::new(
+            GuardedApp::new(crate::proxy::guard::HeaderDeadline::new(
                 app,
                 l.client_header_timeout,
                 &l.address,
@@ -233,7 +156,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
         let mut svc = Service::new(format!("proxy-{i}"), app);
         if l.tls {
             let mut tls = TlsSettings::with_callbacks(Box::new(Acceptor {
-                shared: shared.clone(),
+                certs: shared.clone(),
                 listener: l.address.clone(),
             }))?;
             // Post-quantum hybrid first by default (SPEC §5); fixed for the process's life,
@@ -241,17 +164,18 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
             tls.set_groups_list(&crate::tls::groups::server_list(&config.tls_groups))?;
             // ALPN: `h2` when enabled, and `acme-tls/1` for TLS-ALPN-01 validations answered
             // by a certificate provider (see tls::select_alpn).
-            let (alpn_shared, http2) = (shared.clone(), l.http2);
+            let (alpn_certs, http2) = (shared.clone(), l.http2);
             tls.set_alpn_select_callback(move |ssl, offered| {
-                crate::tls::select_alpn(&alpn_shared, http2, ssl, offered)
+                crate::tls::select_alpn(&*alpn_certs, http2, ssl, offered)
             });
             tls.set_min_proto_version(Some(pingora::tls::ssl::SslVersion::TLS1_2))?;
             // Before add_listener: Pingora copies the callback into each endpoint it adds.
-            svc.endpoints()
-                .set_pre_tls_callback(Arc::new(guard::ClientHelloDeadline {
+            svc.endpoints().set_pre_tls_callback(Arc::new(
+                crate::proxy::guard::ClientHelloDeadline {
                     timeout: l.tls_handshake_timeout,
                     listener: l.address.clone(),
-                }));
+                },
+            ));
             // OpenSSL reads a record's header and body separately: a buffer of one full record
             // keeps that to one read per record, without Pingora's default of 64 KiB zeroed for
             // every accepted connection.
@@ -270,7 +194,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
 
     for (i, l) in config.listeners.stream.iter().enumerate() {
         let app = StreamApp::new(
-            stream_table.clone(),
+            shared.clone(),
             StreamSettings {
                 tls: l.tls,
                 client_hello_timeout: l.client_hello_timeout,
@@ -305,7 +229,7 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     ));
 
     reload::start(gw);
-    crate::upstream::dns::spawn_refresher(shared.clone());
+    crate::runtime::spawn_dns_refresher(shared.clone());
     // Pingora writes its pid file only when daemonised; operators (and `kill -QUIT $(cat ...)`
     // for upgrades) expect it either way.
     if let Err(e) = rundir::write_pid_file(std::path::Path::new(&pid_file)) {

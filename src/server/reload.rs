@@ -257,9 +257,7 @@ fn try_reload(gw: &Gateway) -> Result<(), String> {
             super::log_config_warnings(&cfg);
             match super::build_runtime(cfg.clone(), gw.fallback_cert.clone(), Some(&old)) {
                 Ok(rt) => {
-                    let table = super::stream_table(&rt);
                     gw.shared.store(Arc::new(rt));
-                    gw.stream_table.store(Arc::new(table));
                     // Retired plugin instances send what they queued now, not whenever their
                     // last in-flight request ends.
                     crate::plugin::chain::flush_all(

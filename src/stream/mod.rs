@@ -49,6 +49,19 @@ use clienthello::ReadError;
 use postgres::{read_prelude_and_hello, Refusal};
 use prefixed::Prefixed;
 
+/// Where a stream listener finds the route table in force: the gateway's snapshot (`runtime`)
+/// implements it, so a reload swaps stream routes with everything else, at once.
+pub trait TableSource: Send + Sync + 'static {
+    fn current(&self) -> Arc<StreamTable>;
+}
+
+/// A table of its own, swapped by whoever holds it (the listener's unit tests).
+impl TableSource for ArcSwap<StreamTable> {
+    fn current(&self) -> Arc<StreamTable> {
+        self.load_full()
+    }
+}
+
 /// Listener-level limits of a stream listener.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -173,7 +186,7 @@ fn alert_version(buf: &[u8]) -> u16 {
 
 /// The Pingora application behind one stream listener.
 pub struct StreamApp {
-    table: Arc<ArcSwap<StreamTable>>,
+    table: Arc<dyn TableSource>,
     settings: StreamSettings,
     slots: Arc<Semaphore>,
     /// Open connections per client address (entries removed at zero).
@@ -202,7 +215,7 @@ impl Drop for ClientSlot<'_> {
 
 impl StreamApp {
     /// `table` is read once per connection, so a reload swaps it for new connections only.
-    pub fn new(table: Arc<ArcSwap<StreamTable>>, settings: StreamSettings) -> Self {
+    pub fn new(table: Arc<dyn TableSource>, settings: StreamSettings) -> Self {
         let slots = Arc::new(Semaphore::new(settings.max_connections));
         StreamApp {
             table,
@@ -276,7 +289,7 @@ impl StreamApp {
         log.alpn = std::mem::take(&mut hello.alpn);
         log.sni = hello.sni.take();
         // One table per connection: a reload mid-tunnel does not move the tunnel.
-        let table = self.table.load_full();
+        let table = self.table.current();
         let conn = Incoming {
             sni: log.sni.as_deref(),
             client: log.client,
@@ -399,7 +412,7 @@ impl StreamApp {
     where
         S: AsyncRead + AsyncWrite + Unpin + ?Sized,
     {
-        let table = self.table.load_full();
+        let table = self.table.current();
         let conn = Incoming {
             sni: None,
             client: log.client,

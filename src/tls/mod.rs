@@ -8,7 +8,6 @@ pub mod x509;
 
 use crate::config::model::{Certificate, Config};
 use crate::names::{self, NameUse};
-use crate::runtime::Shared;
 use async_trait::async_trait;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -221,9 +220,16 @@ pub struct ConnInfo {
     pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
+/// Where the TLS listeners find the certificates of the configuration in force. The gateway's
+/// snapshot implements it (see `runtime`), so this module never depends on the rest of a
+/// configuration; a reload swaps the store seen by the next handshake.
+pub trait CertSource: Send + Sync + 'static {
+    fn current(&self) -> Arc<CertStore>;
+}
+
 /// The `TlsAccept` callbacks of every TLS proxy listener.
 pub struct Acceptor {
-    pub shared: Shared,
+    pub certs: Arc<dyn CertSource>,
     /// The listener's address, for `portcullis_tls_handshakes_total`.
     pub listener: String,
 }
@@ -256,7 +262,7 @@ fn install_provided(ssl: &mut SslRef, cert: &ProvidedCertificate) {
 /// The ALPN choice of an HTTPS listener: `acme-tls/1` for a TLS-ALPN-01 validation the
 /// certificate provider answers, else `h2` then `http/1.1` when HTTP/2 is on, else no ALPN.
 pub fn select_alpn<'a>(
-    shared: &Shared,
+    certs: &dyn CertSource,
     http2: bool,
     ssl: &mut SslRef,
     offered: &'a [u8],
@@ -264,7 +270,7 @@ pub fn select_alpn<'a>(
     // Only validation servers offer `acme-tls/1`; other handshakes pay one scan of the list.
     if offered_protocol(offered, ACME_TLS_ALPN) {
         let sni = ssl.servername(NameType::HOST_NAME);
-        if shared.load().certs.answers_tls_alpn(sni) {
+        if certs.current().answers_tls_alpn(sni) {
             return select_next_proto(b"\x0aacme-tls/1", offered).ok_or(AlpnError::NOACK);
         }
     }
@@ -301,14 +307,14 @@ impl Acceptor {
 #[async_trait]
 impl TlsAccept for Acceptor {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
-        let rt = self.shared.load();
+        let certs = self.certs.current();
         // Normalised once: the certificate and the client-certificate request are decided on
         // the name routing will see (`handshake_complete_callback`).
         let sni = ssl
             .servername(NameType::HOST_NAME)
             .map(|s| names::normalize(s).into_owned());
-        match (sni.as_deref(), &rt.certs.provider) {
-            (Some(s), Some(p)) if rt.certs.configured(s).is_none() => {
+        match (sni.as_deref(), &certs.provider) {
+            (Some(s), Some(p)) if certs.configured(s).is_none() => {
                 if ssl.selected_alpn_protocol() == Some(ACME_TLS_ALPN) {
                     // TLS 1.3 selects ALPN before this callback: a TLS-ALPN-01 validation gets
                     // the challenge certificate and nothing else.
@@ -321,17 +327,17 @@ impl TlsAccept for Acceptor {
                     Some(c) => install_provided(ssl, &c),
                     None => {
                         p.missing(s);
-                        self.install_default(ssl, &rt.certs, sni.as_deref());
+                        self.install_default(ssl, &certs, sni.as_deref());
                     }
                 }
             }
-            _ => self.install_default(ssl, &rt.certs, sni.as_deref()),
+            _ => self.install_default(ssl, &certs, sni.as_deref()),
         }
-        if rt.certs.client_certs.applies(sni.as_deref()) {
+        if certs.client_certs.applies(sni.as_deref()) {
             // Ask, accept whatever comes: each mtls-auth instance verifies against its own CAs,
             // so two routes on one SNI can trust different issuers.
             ssl.set_verify_callback(SslVerifyMode::PEER, |_, _| true);
-            let names = &rt.certs.client_certs.ca_names_der;
+            let names = &certs.client_certs.ca_names_der;
             if !names.is_empty() {
                 if let Ok(mut stack) = Stack::<X509Name>::new() {
                     for der in names {

@@ -101,39 +101,9 @@ pub fn force_refresh() {
     FORCE.store(true, Ordering::SeqCst);
 }
 
-/// Starts the refresher thread: every `interval` (or as soon as [`force_refresh`] is called)
-/// it re-resolves the names of the running configuration's services and balancers' targets.
-pub fn spawn_refresher(shared: crate::runtime::Shared) {
-    const TICK: std::time::Duration = std::time::Duration::from_millis(200);
-    let spawned = std::thread::Builder::new()
-        .name("dns-refresh".into())
-        .spawn(move || {
-            let mut last = std::time::Instant::now();
-            loop {
-                std::thread::sleep(TICK);
-                let rt = shared.load_full();
-                let forced = FORCE.swap(false, Ordering::SeqCst);
-                if !forced && last.elapsed() < rt.config.server.dns_refresh_interval {
-                    continue;
-                }
-                last = std::time::Instant::now();
-                for s in rt.services.values() {
-                    if let Some(d) = &s.dns {
-                        d.refresh();
-                    }
-                }
-                if forced {
-                    // Balancers re-resolve on their own interval; SIGHUP makes it now.
-                    for b in rt.balancers.all() {
-                        super::re_resolve(b);
-                    }
-                    tracing::info!("SIGHUP: host names resolved again");
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "DNS refresher failed to start");
-    }
+/// Whether a refresh was asked for since the last call (SIGHUP), clearing the request.
+pub fn take_forced() -> bool {
+    FORCE.swap(false, Ordering::SeqCst)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 pub mod dns;
 mod health;
 
-use crate::config::model::{Algorithm, Config, HashOn, Upstream};
+use crate::config::model::{Algorithm, Config, HashOn, Protocol, Upstream};
 use crate::metrics;
 use crate::tls::upstream::TlsProfile;
 use std::collections::HashMap;
@@ -446,5 +446,15 @@ pub(crate) fn record_active(b: &Balancer, idx: usize, outcome: Outcome) {
         Outcome::Status(_) => {}
         Outcome::TcpFailure => b.fail(t, &t.tcp_failures, a.unhealthy_tcp_failures),
         Outcome::Timeout => b.fail(t, &t.timeouts, a.unhealthy_timeouts),
+    }
+}
+
+pub fn host_with_port(host: &str, port: u16, protocol: Protocol) -> String {
+    if port == protocol.default_port() {
+        host.to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
