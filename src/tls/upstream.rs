@@ -80,6 +80,18 @@ fn system_roots(b: &mut X509StoreBuilder) {
     let _ = b.set_default_paths();
 }
 
+/// Whether OpenSSL accepts `name` as the identity to check an upstream certificate against (an
+/// IP address, or a host name) — validation asks, so building a profile cannot fail on it.
+pub fn verifiable_name(name: &str) -> bool {
+    let Ok(mut param) = X509VerifyParam::new() else {
+        return false;
+    };
+    match name.parse::<IpAddr>() {
+        Ok(ip) => param.set_ip(ip).is_ok(),
+        Err(_) => !name.is_empty() && param.set_host(name).is_ok(),
+    }
+}
+
 pub fn build_profile(
     tls: &UpstreamTls,
     groups: &[String],

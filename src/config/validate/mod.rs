@@ -404,6 +404,24 @@ mod tests {
         (c, d)
     }
 
+    /// What compiling a configuration would stumble on is refused here, with its location.
+    #[test]
+    fn hosts_and_server_names_compiling_cannot_use_are_located_errors() {
+        let (c, d) = load(
+            "services:\n- name: a\n  host: \"bad\\x01host\"\n- name: b\n  url: https://ok.test\n  tls_server_name: \"x\\0y\"\n",
+        );
+        assert!(c.is_none() || !d.errors.is_empty());
+        let e: Vec<String> = d.errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            e.iter().any(|m| m.starts_with("conf/kong.yml:3:9: services[0].host: host \"bad\\u{1}host\" cannot be sent as a Host header")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.starts_with("conf/kong.yml:6:20: services[1].tls_server_name: \"x\\0y\" cannot be verified as a TLS server name")),
+            "{e:?}"
+        );
+    }
+
     #[test]
     fn url_parts_win_over_separate_fields_and_disagreements_warn() {
         let (c, d) = load(

@@ -141,6 +141,21 @@ pub(super) fn build_service(
     let protocol = protocol.unwrap_or(Protocol::Http);
     let host = host?;
     let port = port.unwrap_or(protocol.default_port());
+    // Sent upstream as the Host header (unless preserve_host): checked here so compiling a
+    // validated configuration cannot fail.
+    if http::HeaderValue::from_str(&host).is_err() {
+        let (loc, path) = match (&s.host, &s.url) {
+            (Some(v), _) => (&v.loc, v.path.as_str()),
+            (None, Some(u)) => (&u.loc, u.path.as_str()),
+            (None, None) => (&s.loc, s.path_str.as_str()),
+        };
+        d.err(
+            loc,
+            path,
+            format!("host {host:?} cannot be sent as a Host header"),
+        );
+        return None;
+    }
     if let Some(p) = &path {
         if !p.starts_with('/') {
             d.err(
@@ -183,6 +198,19 @@ pub(super) fn build_service(
         .as_ref()
         .map(|v| v.v.clone())
         .unwrap_or_else(|| host.clone());
+    // The name OpenSSL checks the upstream certificate against: an address or a host name it
+    // accepts (checked here so compiling the TLS profile cannot fail on it).
+    if !crate::tls::upstream::verifiable_name(&server_name) {
+        let (loc, path) = match &s.tls_server_name {
+            Some(v) => (&v.loc, v.path.clone()),
+            None => (&s.loc, s.path_str.clone()),
+        };
+        d.err(
+            loc,
+            &path,
+            format!("{server_name:?} cannot be verified as a TLS server name"),
+        );
+    }
     // Every certificate of every bundle: services trusting [A, B] and [A] must not share
     // connections verified by only one of them.
     let group_key = hash_of(&(
