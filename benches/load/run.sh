@@ -48,9 +48,11 @@ for s in $SCENARIOS; do
     [ "$s" = mem ] && continue
     mode=$(scenario_mode "$s")
     meta "loadavg_$s" "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
-    for sys in portcullis nginx haproxy; do start_system "$sys" "$mode"; done
     read -r -a systems <<<"$(scenario_systems "$s")"
     [ "${#systems[@]}" -eq 0 ] && { log "$s: none of the systems asked for can run it: skipped"; continue; }
+    for sys in portcullis nginx haproxy; do
+        [[ " ${systems[*]} " == *" $sys "* ]] && start_system "$sys" "$mode"
+    done
     # Smoke: every system answers 2xx before anything is measured.
     for sys in "${systems[@]}"; do
         # shellcheck disable=SC2046
