@@ -7,6 +7,7 @@
 //! retires an instance and on graceful shutdown.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -69,6 +70,10 @@ pub struct Queue<T> {
     max_entries: usize,
     items: Mutex<VecDeque<T>>,
     notify: tokio::sync::Notify,
+    /// The length at which a push wakes the consumer: 1 while it waits for a first entry, the
+    /// batch size while it coalesces, never while it is busy sending. A wake-up per push would
+    /// cost the request path a cross-thread wake (a futex call and a context switch) every time.
+    wake_at: AtomicUsize,
 }
 
 impl<T> Queue<T> {
@@ -80,25 +85,30 @@ impl<T> Queue<T> {
             max_entries: max_entries.max(1),
             items: Mutex::new(VecDeque::new()),
             notify: tokio::sync::Notify::new(),
+            wake_at: AtomicUsize::new(1),
         }
     }
 
     /// Adds `item`; when full, the oldest entry is dropped and counted.
     pub fn push(&self, item: T) {
         let mut dropped = 0;
+        let mut len = 0;
         if let Ok(mut q) = self.items.lock() {
             while q.len() >= self.max_entries {
                 q.pop_front();
                 dropped += 1;
             }
             q.push_back(item);
+            len = q.len();
         }
         if dropped > 0 {
             dropped_counter()
                 .with_label_values(&[self.plugin])
                 .inc_by(dropped);
         }
-        self.notify.notify_one();
+        if len >= self.wake_at.load(Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -123,6 +133,8 @@ impl<T> Queue<T> {
     /// Waits until there is at least one entry, then up to `delay` more for the batch to fill
     /// to `max` (Kong's `max_coalescing_delay`), and takes it.
     pub async fn next_batch(&self, max: usize, delay: Duration) -> Vec<T> {
+        // Set before looking at the queue: a push after the look sees it and wakes us.
+        self.wake_at.store(1, Ordering::SeqCst);
         loop {
             if !self.is_empty() {
                 break;
@@ -134,6 +146,7 @@ impl<T> Queue<T> {
             notified.await;
         }
         if self.len() < max && !delay.is_zero() {
+            self.wake_at.store(max.max(1), Ordering::SeqCst);
             let deadline = tokio::time::Instant::now() + delay;
             while self.len() < max {
                 if tokio::time::timeout_at(deadline, self.notify.notified())
@@ -144,6 +157,8 @@ impl<T> Queue<T> {
                 }
             }
         }
+        // Busy sending until the next call: pushes meanwhile need not wake anyone.
+        self.wake_at.store(usize::MAX, Ordering::SeqCst);
         self.take(max)
     }
 
