@@ -188,7 +188,7 @@ plugin_set_yaml() { # set
           - name: request-transformer
             config: {add: {headers: [\"x-bench:1\"]}}"
     local logging="          - name: http-log
-            config: {http_endpoint: \"http://127.0.0.1:$UP_HTTP/logs\"}
+            config: {http_endpoint: \"http://127.0.0.1:$UP_HTTP/logs\", queue: {max_batch_size: 200, max_coalescing_delay: 1}}
           - name: opentelemetry
             config: {traces_endpoint: \"http://127.0.0.1:$UP_HTTP/v1/traces\"}"
     case $1 in

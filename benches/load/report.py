@@ -19,7 +19,7 @@ TITLES = {
     "s1keyauth": "S1 route + key-auth (Portcullis only)",
     "s1jwt": "S1 route + jwt, HS256 (Portcullis only)",
     "s1traffic": "S1 route + cors + rate-limiting (local, never reached) + request-transformer (Portcullis only)",
-    "s1log": "S1 route + http-log + opentelemetry, both shipping to a live receiver (Portcullis only)",
+    "s1log": "S1 route + http-log (batches of 200) + opentelemetry, both shipping to a live receiver (Portcullis only)",
     "s7": "S7 programmable route: key-auth + rate-limiting + cors + request-transformer (Portcullis only)",
     "s5bulk": "S5 passthrough by SNI: bulk download (4 connections, 32 MiB responses over end-to-end TLS)",
     "s5conn": "S5 passthrough by SNI: new connections per second (full TLS handshake with the upstream, 32 concurrent)",
