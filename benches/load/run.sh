@@ -8,7 +8,12 @@
 # Scenarios: s1 HTTP/1.1 keep-alive; s2 HTTPS termination → HTTP upstream; s3 mTLS (mtls-auth +
 # acl) → HTTPS upstream verified by a private CA at depth 1, pooled; s4 a new TLS handshake per
 # request; s4pq the same with the post-quantum hybrid X25519MLKEM768 (Portcullis only: Debian's
-# OpenSSL 3.0 in nginx and HAProxy has no ML-KEM); s5bulk / s5conn TLS passthrough by SNI (bulk download, new connections). Plus memory:
+# OpenSSL 3.0 in nginx and HAProxy has no ML-KEM); s5bulk / s5conn TLS passthrough by SNI (bulk
+# download, new connections); plugin scenarios on S1's route, Portcullis only, priced against S1:
+# s1keyauth (key-auth), s1jwt (jwt, HS256), s1traffic (cors + rate-limiting local, never reached +
+# request-transformer adding a header), s1log (http-log batching 200 entries + opentelemetry with
+# its defaults, both shipping to the upstream nginx), s7 (key-auth + rate-limiting + cors +
+# request-transformer). Plus memory:
 # idle, 1,000 keep-alive connections, 10,000 routes + 1,000 certificates (Portcullis).
 #
 # Layout (2 cores): the load client on CPU $BENCH_CLIENT_CPU, proxy and upstream on CPU
