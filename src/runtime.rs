@@ -174,8 +174,11 @@ fn flags_for(config: &Config, route: &Route) -> MetricFlags {
                 .is_none_or(|s| s == &route.service.id)
         })
         .max_by_key(|p| (p.scope.route.is_some(), p.scope.service.is_some()));
-    let cfg: crate::plugin::prometheus::PrometheusConfig = inst
-        .and_then(|p| serde_json::from_value(p.config.clone()).ok())
+    // Typed when the instance was built at validation: nothing is parsed again here.
+    let cfg = inst
+        .and_then(|p| p.plugin.gateway_settings())
+        .and_then(|a| a.downcast_ref::<crate::plugin::prometheus::PrometheusConfig>())
+        .cloned()
         .unwrap_or_default();
     MetricFlags {
         per_consumer: cfg.per_consumer,

@@ -384,8 +384,6 @@ pub struct PluginInstance {
     pub name: String,
     pub scope: Scope,
     pub plugin: Arc<dyn api::Plugin>,
-    /// The instance's config as JSON, for gateway-implemented plugins (prometheus).
-    pub config: serde_json::Value,
 }
 
 impl std::fmt::Debug for PluginInstance {

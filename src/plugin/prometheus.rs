@@ -53,6 +53,9 @@ impl Plugin for Prometheus {
     fn priority(&self) -> i32 {
         13
     }
+    fn gateway_settings(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        Some(&self.config)
+    }
 }
 
 pub struct Factory;

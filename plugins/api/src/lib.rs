@@ -701,6 +701,12 @@ pub trait Plugin: Send + Sync {
     /// hand the record to a queue (see [`background`]).
     fn log(&self, _entry: &LogEntry<'_>, _ctx: &RequestCtx) {}
 
+    /// Typed settings the gateway itself reads from this instance (Kong's `prometheus` flags),
+    /// resolved once when the configuration was validated. Other plugins keep the default.
+    fn gateway_settings(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        None
+    }
+
     /// Called when this instance is retired (a reload replaced the configuration, or the gateway
     /// shuts down): flush queues. Runs on the background runtime.
     async fn flush(&self) {}

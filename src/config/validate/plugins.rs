@@ -154,7 +154,6 @@ impl<'a> Resolver<'a> {
                     name: p.name.v.clone(),
                     scope,
                     plugin,
-                    config: config_json,
                 }),
                 Err(errs) => {
                     for e in errs {
