@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis_plugin_api::{
-    Flow, HeaderEdit, LogEntry, Phases, Plugin, RequestCtx, RequestView, ResponseHead,
+    Consumer, Flow, HeaderEdit, LogEntry, Phases, Plugin, RequestCtx, RequestView, ResponseHead,
 };
 
 /// Drives a phase future: ready at the first poll on every path measured here (no I/O), so the
@@ -159,12 +159,17 @@ async fn request(
     view: &RequestView<'_>,
     upstream: &http::HeaderMap,
     response: &http::HeaderMap,
+    consumer: Option<&Arc<Consumer>>,
 ) -> bool {
     let mut ctx = RequestCtx {
         request_id: "0123456789abcdef0123456789abcdef".into(),
         client_ip: Some([127, 0, 0, 1].into()),
         ..RequestCtx::default()
     };
+    if let Some(c) = consumer {
+        // As an authentication plugin earlier in the chain would have left it (acl alone).
+        portcullis_plugin_api::auth::authenticated(&mut ctx, c, "bench-credential");
+    }
     for p in plugins {
         if let Flow::Respond(_) = p.access(view, &mut ctx).await {
             return false;
@@ -284,6 +289,12 @@ fn benches(c: &mut Criterion) {
     response.insert("content-type", "application/json".parse().expect("value"));
     response.insert("content-length", "11".parse().expect("value"));
 
+    let alice = config
+        .consumers
+        .iter()
+        .find(|c| c.username.as_deref() == Some("alice"))
+        .cloned()
+        .expect("consumer alice");
     let method = http::Method::GET;
     let mut g = c.benchmark_group("kong-plugins");
     let mut names: Vec<&str> = vec!["none"];
@@ -320,12 +331,23 @@ fn benches(c: &mut Criterion) {
             uri: &uri,
             headers: &headers,
         };
+        // acl decides on a consumer another plugin identified: alice, as key-auth would.
+        let consumer = (name == "acl").then(|| alice.clone());
+        let consumer = consumer.as_ref();
         assert!(
-            drive(&rt, request(&plugins, phases, &view, &base, &response)),
+            drive(
+                &rt,
+                request(&plugins, phases, &view, &base, &response, consumer)
+            ),
             "{name}: the bench request must pass"
         );
         g.bench_function(name, |b| {
-            b.iter(|| drive(&rt, request(&plugins, phases, &view, &base, &response)))
+            b.iter(|| {
+                drive(
+                    &rt,
+                    request(&plugins, phases, &view, &base, &response, consumer),
+                )
+            })
         });
     }
     g.finish();
