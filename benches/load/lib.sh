@@ -99,7 +99,7 @@ fi
 [ -f "$WORK/big.bin" ] || head -c $((32 * 1024 * 1024)) /dev/urandom >"$WORK/big.bin"
 
 # --- ports -----------------------------------------------------------------------------------
-read -r UP_HTTP UP_HTTPS UP_STATUS P_PORT N_PORT H_PORT <<<"$("$PCLOAD" ports 6)"
+read -r UP_HTTP UP_HTTPS UP_STATUS P_PORT N_PORT H_PORT REDIS_PORT <<<"$("$PCLOAD" ports 7)"
 declare -A PORT=([portcullis]=$P_PORT [nginx]=$N_PORT [haproxy]=$H_PORT)
 
 wait_port() { # port pid name
@@ -191,7 +191,13 @@ plugin_set_yaml() { # set
             config: {http_endpoint: \"http://127.0.0.1:$UP_HTTP/logs\", queue: {max_batch_size: 200, max_coalescing_delay: 1}}
           - name: opentelemetry
             config: {traces_endpoint: \"http://127.0.0.1:$UP_HTTP/v1/traces\"}"
+    local redis="          - name: rate-limiting
+            config: {second: 1000000000, policy: redis, redis: {host: 127.0.0.1, port: $REDIS_PORT}}"
+    local redis_sync="          - name: rate-limiting
+            config: {second: 1000000000, policy: redis, sync_rate: 0.1, redis: {host: 127.0.0.1, port: $REDIS_PORT}}"
     case $1 in
+        redis) echo "$redis" ;;
+        redissync) echo "$redis_sync" ;;
         keyauth) echo "$keyauth" ;;
         jwt) echo "$jwt" ;;
         traffic) echo "$traffic" ;;
@@ -213,6 +219,8 @@ print(f"{h}.{c}.{s}")')
     printf 'Authorization: Bearer %s\n' "$token" >"$PKI/h-jwt.txt"
     printf 'Origin: https://app.bench.test\n' >"$PKI/h-traffic.txt"
     : >"$PKI/h-log.txt"
+    : >"$PKI/h-redis.txt"
+    : >"$PKI/h-redissync.txt"
     cat "$PKI/h-keyauth.txt" "$PKI/h-traffic.txt" >"$PKI/h-s7.txt"
 }
 
@@ -487,13 +495,14 @@ stop_systems() {
 # scenario → mode and client arguments (the port is appended per system)
 scenario_mode() {
     case $1 in s1) echo http ;; s1keyauth) echo http-keyauth ;; s1jwt) echo http-jwt ;;
-        s1traffic) echo http-traffic ;; s1log) echo http-log ;; s7) echo http-s7 ;; s2 | s4 | s4pq) echo https ;; s3) echo mtls ;; s5*) echo stream ;; esac
+        s1traffic) echo http-traffic ;; s1log) echo http-log ;; s7) echo http-s7 ;;
+        s1redis) echo http-redis ;; s1redissync) echo http-redissync ;; s2 | s4 | s4pq) echo https ;; s3) echo mtls ;; s5*) echo stream ;; esac
 }
 client_args() { # scenario system
     local s=$1 sys=$2
     case $s in
         s1) echo "--conns 64" ;;
-        s1keyauth | s1jwt | s1traffic | s1log | s7) echo "--conns 64 --header-file $PKI/h-${s#s1}.txt" ;;
+        s1keyauth | s1jwt | s1traffic | s1log | s7 | s1redis | s1redissync) echo "--conns 64 --header-file $PKI/h-${s#s1}.txt" ;;
         s2) echo "--conns 64 --tls --sni proxy.bench.test" ;;
         s3) echo "--conns 64 --tls --sni proxy.bench.test --cert $PKI/alice.crt --key $PKI/alice.key" ;;
         s4) echo "--conns 32 --close --tls --sni proxy.bench.test" ;;
@@ -508,7 +517,7 @@ client_args() { # scenario system
 scenario_systems() { # scenario
     local sys
     for sys in "${SYSTEMS[@]}"; do
-        case $1 in s4pq | s1keyauth | s1jwt | s1traffic | s1log | s7)
+        case $1 in s4pq | s1keyauth | s1jwt | s1traffic | s1log | s7 | s1redis | s1redissync)
             [ "$sys" != portcullis ] && continue ;;
         esac
         echo -n "$sys "
@@ -589,3 +598,13 @@ meta() { # key value-json
 
 # The plugin scenarios' request headers (a JWT valid for a day: made at every run).
 write_plugin_headers
+
+# A local Redis for the rate-limiting `redis` policy scenarios, on the proxy's CPU like the
+# upstream (a replica's Redis is another machine; here it shares the core it would not).
+start_redis() {
+    command -v redis-server >/dev/null || die "redis-server not found (bash scripts/setup.sh installs it)"
+    taskset -c "$SCPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        >"$RUN/redis.log" 2>&1 &
+    PIDS+=("$!")
+    wait_port "$REDIS_PORT" "$!" redis
+}

@@ -20,6 +20,8 @@ TITLES = {
     "s1jwt": "S1 route + jwt, HS256 (Portcullis only)",
     "s1traffic": "S1 route + cors + rate-limiting (local, never reached) + request-transformer (Portcullis only)",
     "s1log": "S1 route + http-log (batches of 200) + opentelemetry, both shipping to a live receiver (Portcullis only)",
+    "s1redis": "S1 route + rate-limiting, policy redis, one round trip per request (Portcullis only)",
+    "s1redissync": "S1 route + rate-limiting, policy redis, sync_rate 0.1 s (Portcullis only)",
     "s7": "S7 programmable route: key-auth + rate-limiting + cors + request-transformer (Portcullis only)",
     "s5bulk": "S5 passthrough by SNI: bulk download (4 connections, 32 MiB responses over end-to-end TLS)",
     "s5conn": "S5 passthrough by SNI: new connections per second (full TLS handshake with the upstream, 32 concurrent)",
@@ -169,7 +171,7 @@ def main(path):
             f"| {fmt(cpu[1] / cpu[0] if cpu[0] else None, 2)}× |"
         )
         p("")
-    plugin_scenarios = ["s1keyauth", "s1jwt", "s1traffic", "s1log", "s7"]
+    plugin_scenarios = ["s1keyauth", "s1jwt", "s1traffic", "s1log", "s7", "s1redis", "s1redissync"]
     base = [r for r in load if r["scenario"] == "s1" and r["system"] == "portcullis"]
     priced = [
         (s, [r for r in load if r["scenario"] == s and r["system"] == "portcullis"])

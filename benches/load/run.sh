@@ -13,7 +13,8 @@
 # s1keyauth (key-auth), s1jwt (jwt, HS256), s1traffic (cors + rate-limiting local, never reached +
 # request-transformer adding a header), s1log (http-log batching 200 entries + opentelemetry with
 # its defaults, both shipping to the upstream nginx), s7 (key-auth + rate-limiting + cors +
-# request-transformer). Plus memory:
+# request-transformer), s1redis / s1redissync (rate-limiting with the redis policy against a
+# local redis-server: a round trip per request, or batched by sync_rate 0.1 s). Plus memory:
 # idle, 1,000 keep-alive connections, 10,000 routes + 1,000 certificates (Portcullis).
 #
 # Layout (2 cores): the load client on CPU $BENCH_CLIENT_CPU, proxy and upstream on CPU
@@ -47,6 +48,7 @@ meta git "\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\""
 meta binary "\"$PORTCULLIS_BIN, built $(date -u -r "$PORTCULLIS_BIN" +%FT%TZ)\""
 
 start_upstream
+[[ " $SCENARIOS " == *" s1redis"* ]] && start_redis
 log "upstream nginx on :$UP_HTTP (http) :$UP_HTTPS (https); proxies: portcullis :$P_PORT nginx :$N_PORT haproxy :$H_PORT"
 
 for s in $SCENARIOS; do
