@@ -210,6 +210,28 @@ mod tests {
         assert_eq!(got, vec![1, 2]);
     }
 
+    /// Pushes do not wake the consumer one by one, but the push that fills a batch does: the
+    /// batch goes out long before the coalescing delay.
+    #[test]
+    fn a_full_batch_is_taken_without_waiting_for_the_delay() {
+        let q = std::sync::Arc::new(Queue::new("test-full-batch", 100));
+        let q2 = q.clone();
+        let h = spawn(async move { q2.next_batch(3, Duration::from_secs(3600)).await });
+        for i in 1..=3 {
+            q.push(i);
+        }
+        let got = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(tokio::time::timeout(Duration::from_secs(30), h));
+        assert_eq!(
+            got.expect("the full batch, not the hour-long delay")
+                .unwrap(),
+            vec![1, 2, 3]
+        );
+    }
+
     fn futures_lite_block_on<T>(h: tokio::task::JoinHandle<T>) -> T {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
