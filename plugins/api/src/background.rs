@@ -224,7 +224,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(tokio::time::timeout(Duration::from_secs(30), h));
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), h).await });
         assert_eq!(
             got.expect("the full batch, not the hour-long delay")
                 .unwrap(),
