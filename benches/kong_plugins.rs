@@ -7,28 +7,19 @@
 //!
 //! `cargo bench --bench kong_plugins`; reports only, asserts nothing about time.
 
-use std::future::Future;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
+
+#[path = "support/mod.rs"]
+mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis_plugin_api::{
     Consumer, Flow, HeaderEdit, LogEntry, Phases, Plugin, RequestCtx, RequestView, ResponseHead,
 };
-
-/// Drives a phase future: ready at the first poll on every path measured here (no I/O), so the
-/// figures are the plugin's and not an executor's.
-fn drive<F: Future>(rt: &tokio::runtime::Runtime, f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        Poll::Ready(v) => v,
-        Poll::Pending => rt.block_on(f),
-    }
-}
+use support::drive;
 
 /// Headers of a message as the gateway would hand them to a plugin.
 struct Headers(http::HeaderMap);

@@ -8,10 +8,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::future::Future;
+use support::drive;
+
 use std::hint::black_box;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -20,17 +20,6 @@ use portcullis_plugin_api::{
     RequestCtx, RequestView,
 };
 use serde_json::json;
-
-/// Drives an access-phase future: on the cached path it is ready at the first poll, so the
-/// bench measures the plugins rather than an executor; otherwise the runtime finishes it.
-fn drive<F: Future>(rt: &tokio::runtime::Runtime, f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        Poll::Ready(v) => v,
-        Poll::Pending => rt.block_on(f),
-    }
-}
 
 struct Setup {
     ctx: BuildContext,

@@ -1,4 +1,4 @@
-//! Shared by the criterion benches (`router`, `sni`, `plugins`): ECDSA P-256 certificates made
+//! Shared by the criterion benches (`router`, `sni`, `plugins`, `kong_plugins`): ECDSA P-256 certificates made
 //! with the openssl crate, and conf dirs written to a temporary directory and loaded through
 //! `portcullis::config::load` — the same path a running gateway takes.
 #![allow(dead_code)]
@@ -101,5 +101,16 @@ pub fn load_dir(dir: &Path) -> Arc<Config> {
     match portcullis::config::load(dir, portcullis::plugin::registry()) {
         Ok((config, _warnings)) => config,
         Err(e) => panic!("bench configuration does not load:\n{e}"),
+    }
+}
+
+/// Drives a plugin phase's future: ready at the first poll on the paths the benches measure (no
+/// I/O), so the figures are the plugins' and not an executor's; otherwise the runtime finishes it.
+pub fn drive<F: std::future::Future>(rt: &tokio::runtime::Runtime, f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => rt.block_on(f),
     }
 }
