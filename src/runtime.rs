@@ -335,10 +335,10 @@ fn protocol_name(p: Protocol) -> &'static str {
 /// Kong's JSON shape of a service, as log serializers write it.
 fn service_info(s: &Service) -> portcullis_plugin_api::EntityInfo {
     let ms = |d: std::time::Duration| d.as_millis() as u64;
-    portcullis_plugin_api::EntityInfo {
-        id: s.id.clone(),
-        name: Some(s.name.to_string()),
-        json: serde_json::json!({
+    portcullis_plugin_api::EntityInfo::new(
+        s.id.clone(),
+        Some(s.name.to_string()),
+        serde_json::json!({
             "id": s.id,
             "name": &*s.name,
             "host": s.host,
@@ -351,7 +351,7 @@ fn service_info(s: &Service) -> portcullis_plugin_api::EntityInfo {
             "write_timeout": ms(s.write_timeout),
             "enabled": s.enabled,
         }),
-    }
+    )
 }
 
 /// Kong's JSON shape of a route, as log serializers write it.
@@ -374,10 +374,10 @@ fn route_info(r: &Route) -> portcullis_plugin_api::EntityInfo {
             crate::config::model::PathSpec::Regex { source, .. } => format!("~{source}"),
         })
         .collect();
-    portcullis_plugin_api::EntityInfo {
-        id: r.id.clone(),
-        name: Some(r.name.to_string()),
-        json: serde_json::json!({
+    portcullis_plugin_api::EntityInfo::new(
+        r.id.clone(),
+        Some(r.name.to_string()),
+        serde_json::json!({
             "id": r.id,
             "name": &*r.name,
             "hosts": r.hosts,
@@ -390,7 +390,7 @@ fn route_info(r: &Route) -> portcullis_plugin_api::EntityInfo {
             "https_redirect_status_code": r.https_redirect_status_code,
             "service": {"id": r.service.id},
         }),
-    }
+    )
 }
 
 fn previous_dns(rt: &Runtime, host: &str, port: u16) -> Option<Arc<DnsName>> {

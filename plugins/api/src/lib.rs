@@ -323,12 +323,37 @@ pub struct UpstreamRewrite {
 pub const MAX_BUFFERED_REQUEST_BODY: usize = 64 * 1024;
 
 /// A route or service as log records show it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EntityInfo {
     pub id: String,
     pub name: Option<String>,
-    /// Kong's JSON shape of the entity (for log serializers).
+    /// Kong's JSON shape of the entity (for plugins that read its fields).
     pub json: serde_json::Value,
+    /// The same, serialised once per configuration: log records splice the text in rather than
+    /// serialising the entity per request.
+    pub json_text: Box<serde_json::value::RawValue>,
+}
+
+impl EntityInfo {
+    pub fn new(id: String, name: Option<String>, json: serde_json::Value) -> Self {
+        let json_text = serde_json::value::to_raw_value(&json).unwrap_or_else(|_| null_raw());
+        EntityInfo {
+            id,
+            name,
+            json,
+            json_text,
+        }
+    }
+}
+
+fn null_raw() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("null".into()).expect("`null` is a JSON value")
+}
+
+impl Default for EntityInfo {
+    fn default() -> Self {
+        EntityInfo::new(String::new(), None, serde_json::Value::Null)
+    }
 }
 
 /// Where a request is proxied.

@@ -7,7 +7,8 @@
 //! secret.
 
 use crate::{LogEntry, RequestCtx};
-use serde_json::{json, Map, Value};
+use serde::{ser::SerializeMap, Serialize, Serializer};
+use serde_json::{value::RawValue, Value};
 
 /// Request header names (lower case) whose values log records must not show, added by the
 /// plugins that read credentials from them (`apikey` for key-auth).
@@ -28,66 +29,114 @@ const ALWAYS_REDACTED: &[&str] = &[
     "set-cookie",
 ];
 
-fn headers_json(headers: &http::HeaderMap, redact: &[String]) -> (Value, usize) {
-    let mut m = Map::new();
-    let mut size = 0usize;
-    for name in headers.keys() {
-        let n = name.as_str();
-        let hidden = ALWAYS_REDACTED.contains(&n) || redact.iter().any(|r| r == n);
-        let values: Vec<Value> = headers
-            .get_all(name)
-            .iter()
-            .map(|v| {
-                size += n.len() + v.len() + 4;
-                if hidden {
-                    Value::from(REDACTED)
-                } else {
-                    Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned())
-                }
-            })
-            .collect();
-        let v = if values.len() == 1 {
-            values.into_iter().next().unwrap_or(Value::Null)
-        } else {
-            Value::Array(values)
-        };
-        m.insert(n.to_string(), v);
-    }
-    (Value::Object(m), size)
+/// A header map as Kong writes it: one string per name, a list when the name repeats.
+struct Headers<'a> {
+    /// `None` (no response sent) writes `{}`.
+    map: Option<&'a http::HeaderMap>,
+    redact: &'a [String],
 }
 
-fn query_json(query: &str, redact: &[String]) -> Value {
-    let mut m = Map::new();
-    for (k, v) in crate::query_args(query) {
-        let v = if redact.contains(&k) {
-            Value::from(REDACTED)
-        } else if v.is_empty() {
-            // Kong shows an argument without a value as `true`.
-            Value::Bool(true)
+impl Headers<'_> {
+    /// Kong's `size` counts the head as `name: value\r\n` lines.
+    fn size(&self) -> usize {
+        self.map.map_or(0, |m| {
+            m.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+        })
+    }
+}
+
+struct Values<'a> {
+    values: http::header::GetAll<'a, http::HeaderValue>,
+    hidden: bool,
+}
+
+impl<'a> Values<'a> {
+    fn text(&self, v: &'a http::HeaderValue) -> std::borrow::Cow<'a, str> {
+        if self.hidden {
+            std::borrow::Cow::Borrowed(REDACTED)
         } else {
-            Value::from(v)
-        };
-        match m.get_mut(&k) {
-            Some(Value::Array(a)) => a.push(v),
-            Some(prev) => {
-                let first = prev.take();
-                *prev = Value::Array(vec![first, v]);
-            }
-            None => {
-                m.insert(k, v);
-            }
+            String::from_utf8_lossy(v.as_bytes())
         }
     }
-    Value::Object(m)
+}
+
+impl Serialize for Values<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut it = self.values.iter();
+        let first = it.next();
+        match (first, it.next()) {
+            (Some(v), None) => s.serialize_str(&self.text(v)),
+            _ => s.collect_seq(self.values.iter().map(|v| self.text(v))),
+        }
+    }
+}
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Some(map) = self.map else {
+            return s.serialize_map(Some(0))?.end();
+        };
+        let mut m = s.serialize_map(Some(map.keys_len()))?;
+        for name in map.keys() {
+            let n = name.as_str();
+            let hidden = ALWAYS_REDACTED.contains(&n) || self.redact.iter().any(|r| r == n);
+            m.serialize_entry(
+                n,
+                &Values {
+                    values: map.get_all(name),
+                    hidden,
+                },
+            )?;
+        }
+        m.end()
+    }
+}
+
+/// Kong's `querystring`: each argument once, a list when it repeats, `true` without a value.
+struct Query<'a> {
+    query: &'a str,
+    redact: &'a [String],
+}
+
+impl Serialize for Query<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.query.is_empty() {
+            return s.serialize_map(Some(0))?.end();
+        }
+        // First-seen order, repeated arguments gathered: queries are short, a scan is cheaper
+        // than a map.
+        let mut args: Vec<(String, Vec<Value>)> = Vec::new();
+        for (k, v) in crate::query_args(self.query) {
+            let v = if self.redact.contains(&k) {
+                Value::from(REDACTED)
+            } else if v.is_empty() {
+                Value::Bool(true)
+            } else {
+                Value::from(v)
+            };
+            match args.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, vs)) => vs.push(v),
+                None => args.push((k, vec![v])),
+            }
+        }
+        let mut m = s.serialize_map(Some(args.len()))?;
+        for (k, vs) in &args {
+            match vs.as_slice() {
+                [one] => m.serialize_entry(k, one)?,
+                many => m.serialize_entry(k, many)?,
+            }
+        }
+        m.end()
+    }
 }
 
 /// `uri` with the values of the `redact` query arguments replaced by `REDACTED`.
-fn redact_uri(uri: &str, redact: &[String]) -> String {
+fn redact_uri<'a>(uri: &'a str, redact: &[String]) -> std::borrow::Cow<'a, str> {
     let Some((path, query)) = uri.split_once('?') else {
-        return uri.to_string();
+        return uri.into();
     };
     if redact.is_empty() {
-        return uri.to_string();
+        return uri.into();
     }
     let kept: Vec<String> = query
         .split('&')
@@ -100,11 +149,104 @@ fn redact_uri(uri: &str, redact: &[String]) -> String {
             }
         })
         .collect();
-    format!("{path}?{}", kept.join("&"))
+    format!("{path}?{}", kept.join("&")).into()
 }
 
-/// The Kong log record of one request.
-pub fn kong_record(entry: &LogEntry<'_>, ctx: &RequestCtx) -> Value {
+#[derive(Serialize)]
+struct Record<'a> {
+    request: Request<'a>,
+    upstream_uri: std::borrow::Cow<'a, str>,
+    response: Response<'a>,
+    tries: Tries<'a>,
+    latencies: Latencies,
+    client_ip: Option<std::net::IpAddr>,
+    started_at: u64,
+    source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<ConsumerRecord<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authenticated_entity: Option<Entity<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    /// correlation-id's `kong.log.set_serialize_value("correlation_id", …)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    uri: &'a str,
+    url: String,
+    querystring: Query<'a>,
+    method: &'a str,
+    headers: Headers<'a>,
+    size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<Tls<'a>>,
+}
+
+#[derive(Serialize)]
+struct Tls<'a> {
+    version: &'a str,
+}
+
+#[derive(Serialize)]
+struct Response<'a> {
+    status: u16,
+    headers: Headers<'a>,
+    size: usize,
+}
+
+struct Tries<'a>(&'a [crate::Try]);
+
+impl Serialize for Tries<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct One {
+            ip: Option<std::net::IpAddr>,
+            port: Option<u16>,
+            balancer_latency: u64,
+        }
+        s.collect_seq(self.0.iter().map(|t| One {
+            ip: t.addr.map(|a| a.ip()),
+            port: t.addr.map(|a| a.port()),
+            balancer_latency: t.connect_ms,
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct Latencies {
+    kong: i64,
+    proxy: i64,
+    request: i64,
+}
+
+#[derive(Serialize)]
+struct ConsumerRecord<'a> {
+    id: &'a str,
+    username: &'a Option<String>,
+    custom_id: &'a Option<String>,
+    tags: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Entity<'a> {
+    id: &'a str,
+    consumer_id: &'a str,
+}
+
+/// Writes the Kong log record of one request straight to JSON text: no intermediate tree, header
+/// values borrowed from the request, route and service spliced in as serialised at load.
+pub fn write_kong_record(
+    out: &mut Vec<u8>,
+    entry: &LogEntry<'_>,
+    ctx: &RequestCtx,
+) -> Result<(), serde_json::Error> {
     let redact_h = ctx
         .extensions
         .get::<RedactHeaders>()
@@ -115,24 +257,20 @@ pub fn kong_record(entry: &LogEntry<'_>, ctx: &RequestCtx) -> Value {
         .get::<RedactQuery>()
         .map(|r| r.0.as_slice())
         .unwrap_or(&[]);
-    let (req_headers, req_head_size) = headers_json(entry.request_headers, redact_h);
-    let (resp_headers, resp_head_size) = match entry.response_headers {
-        Some(h) => headers_json(h, &[]),
-        None => (json!({}), 0),
+    let req_headers = Headers {
+        map: Some(entry.request_headers),
+        redact: redact_h,
+    };
+    let resp_headers = Headers {
+        map: entry.response_headers,
+        redact: &[],
     };
     let path_and_query = entry
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let query = entry.uri.query().unwrap_or("");
     let request_uri = redact_uri(path_and_query, redact_q);
-    let upstream_uri = redact_uri(entry.upstream_uri.unwrap_or(""), redact_q);
-    let started_ms = entry
-        .started_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     let request_ms = (entry.latency * 1000.0).round() as i64;
     let proxy_ms = entry
         .upstream_latency
@@ -143,77 +281,83 @@ pub fn kong_record(entry: &LogEntry<'_>, ctx: &RequestCtx) -> Value {
     } else {
         request_ms
     };
-    let mut rec = json!({
-        "request": {
-            "uri": request_uri,
-            "url": format!("{}://{}{}", entry.scheme, entry.host, request_uri),
-            "querystring": query_json(query, redact_q),
-            "method": entry.method.as_str(),
-            "headers": req_headers,
-            "size": entry.request_body_bytes as usize + req_head_size,
+    let record = Record {
+        request: Request {
+            url: format!("{}://{}{}", entry.scheme, entry.host, request_uri),
+            uri: &request_uri,
+            querystring: Query {
+                query: entry.uri.query().unwrap_or(""),
+                redact: redact_q,
+            },
+            method: entry.method.as_str(),
+            size: entry.request_body_bytes as usize + req_headers.size(),
+            headers: req_headers,
+            tls: entry.tls_version.map(|version| Tls { version }),
         },
-        "upstream_uri": upstream_uri,
-        "response": {
-            "status": entry.status,
-            "headers": resp_headers,
-            "size": entry.response_body_bytes as usize + resp_head_size,
+        upstream_uri: redact_uri(entry.upstream_uri.unwrap_or(""), redact_q),
+        response: Response {
+            status: entry.status,
+            size: entry.response_body_bytes as usize + resp_headers.size(),
+            headers: resp_headers,
         },
-        "tries": entry.tries.iter().map(|t| json!({
-            "ip": t.addr.map(|a| a.ip().to_string()),
-            "port": t.addr.map(|a| a.port()),
-            "balancer_latency": t.connect_ms,
-        })).collect::<Vec<_>>(),
-        "latencies": {
-            "kong": kong_ms,
-            "proxy": proxy_ms,
-            "request": request_ms,
+        tries: Tries(entry.tries),
+        latencies: Latencies {
+            kong: kong_ms,
+            proxy: proxy_ms,
+            request: request_ms,
         },
-        "client_ip": ctx.client_ip.map(|i| i.to_string()),
-        "started_at": started_ms,
-        "source": if entry.upstream_latency.is_some() { "upstream" } else { "kong" },
-    });
-    if let (Some(v), Value::Object(m)) = (entry.tls_version, &mut rec["request"]) {
-        m.insert("tls".into(), json!({ "version": v }));
-    }
-    let Value::Object(m) = &mut rec else {
-        return rec;
+        client_ip: ctx.client_ip,
+        started_at: entry
+            .started_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        source: if entry.upstream_latency.is_some() {
+            "upstream"
+        } else {
+            "kong"
+        },
+        route: ctx.route_info.as_ref().map(|r| &*r.json_text),
+        service: ctx.service_info.as_ref().map(|s| &*s.json_text),
+        consumer: ctx.consumer.as_ref().map(|c| ConsumerRecord {
+            id: &c.id,
+            username: &c.username,
+            custom_id: &c.custom_id,
+            tags: &c.tags,
+        }),
+        authenticated_entity: ctx.consumer.as_ref().and_then(|c| {
+            ctx.credential_identifier.as_deref().map(|id| Entity {
+                id,
+                consumer_id: &c.id,
+            })
+        }),
+        error: entry.error,
+        correlation_id: ctx.shared.get("correlation_id").map(|s| s.as_str()),
     };
-    if let Some(r) = &ctx.route_info {
-        m.insert("route".into(), r.json.clone());
+    serde_json::to_writer(out, &record)
+}
+
+/// The Kong log record of one request, as text.
+pub fn kong_record_text(entry: &LogEntry<'_>, ctx: &RequestCtx) -> String {
+    let mut out = Vec::with_capacity(1024);
+    if write_kong_record(&mut out, entry, ctx).is_err() {
+        // Serialising borrowed strings and numbers into memory cannot fail; an empty object
+        // keeps the stream parseable if it ever did.
+        return "{}".into();
     }
-    if let Some(s) = &ctx.service_info {
-        m.insert("service".into(), s.json.clone());
-    }
-    if let Some(c) = &ctx.consumer {
-        m.insert(
-            "consumer".into(),
-            json!({
-                "id": c.id,
-                "username": c.username,
-                "custom_id": c.custom_id,
-                "tags": c.tags,
-            }),
-        );
-        if let Some(cred) = &ctx.credential_identifier {
-            m.insert(
-                "authenticated_entity".into(),
-                json!({ "id": cred, "consumer_id": c.id }),
-            );
-        }
-    }
-    if let Some(e) = entry.error {
-        m.insert("error".into(), Value::from(e));
-    }
-    // correlation-id's `kong.log.set_serialize_value("correlation_id", …)`.
-    if let Some(id) = ctx.shared.get("correlation_id") {
-        m.insert("correlation_id".into(), Value::from(id.as_str()));
-    }
-    rec
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).unwrap_or_else(|_| "{}".into())
+}
+
+/// The Kong log record of one request, as a JSON tree (for plugins that edit it).
+pub fn kong_record(entry: &LogEntry<'_>, ctx: &RequestCtx) -> Value {
+    serde_json::from_str(&kong_record_text(entry, ctx)).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::sync::Arc;
 
     #[test]
@@ -284,7 +428,11 @@ mod tests {
         h.insert("cookie", "session=abc".parse().unwrap());
         h.append("set-cookie", "session=abc; Path=/".parse().unwrap());
         h.append("set-cookie", "theme=dark".parse().unwrap());
-        let (v, _) = headers_json(&h, &[]);
+        let v = serde_json::to_value(Headers {
+            map: Some(&h),
+            redact: &[],
+        })
+        .unwrap();
         assert_eq!(v["cookie"], "REDACTED");
         assert_eq!(v["set-cookie"], json!(["REDACTED", "REDACTED"]));
     }

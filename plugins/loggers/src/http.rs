@@ -3,8 +3,8 @@
 
 use crate::queue::{QueueConfig, Shipper, Sink};
 use portcullis_plugin_api::{
-    async_trait, parse_config, serialize::kong_record, BuildContext, ConfigError, LogEntry, Phases,
-    Plugin, PluginFactory, RequestCtx,
+    async_trait, parse_config, serialize::kong_record_text, BuildContext, ConfigError, LogEntry,
+    Phases, Plugin, PluginFactory, RequestCtx,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -284,7 +284,7 @@ impl Plugin for HttpLog {
     }
 
     fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
-        self.shipper.queue.push(kong_record(entry, ctx).to_string());
+        self.shipper.queue.push(kong_record_text(entry, ctx));
     }
 
     async fn flush(&self) {
