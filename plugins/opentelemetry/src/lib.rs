@@ -56,16 +56,7 @@ struct TraceCtx {
 
 fn random_ids() -> ([u8; 16], [u8; 8], [u8; 8]) {
     let mut b = [0u8; 32];
-    if openssl::rand::rand_bytes(&mut b).is_err() {
-        // OpenSSL's CSPRNG failing is a broken host; ids from the clock still keep traces
-        // apart well enough to be useful.
-        let n = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(1);
-        b[..16].copy_from_slice(&n.to_be_bytes());
-        b[16..32].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
-    }
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
     let mut t = [0u8; 16];
     let mut s1 = [0u8; 8];
     let mut s2 = [0u8; 8];
