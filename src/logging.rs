@@ -7,6 +7,8 @@
 //! others as `\u{1b}`): client-controlled strings — certificate subjects, SNIs, headers — must
 //! never start a forged log line or drive a terminal. JSON logs escape them by the format.
 
+pub mod access;
+
 use crate::config::model::ServerSettings;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
@@ -35,7 +37,9 @@ pub fn init(settings: &ServerSettings) {
     };
     if let Err(e) = result {
         eprintln!("portcullis: logging already initialised: {e}");
+        return;
     }
+    access::init(json);
 }
 
 /// The text formatter's fields with control characters escaped. `DefaultFields` writes
@@ -56,7 +60,7 @@ impl<'writer> FormatFields<'writer> for EscapedFields {
 }
 
 /// Writes `text` with every control character (C0, DEL, C1) escaped.
-fn write_escaped(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
+pub(crate) fn write_escaped(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
     let mut rest = text;
     while let Some(i) = rest.find(char::is_control) {
         out.write_str(&rest[..i])?;

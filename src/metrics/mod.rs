@@ -119,6 +119,14 @@ metric!(
     "Proxy-listener connections the gateway closed to protect itself, by listener and reason (max_connections, client_header_timeout, tls_handshake_timeout)",
     &["listener", "reason"]
 );
+/// Access lines dropped because stderr did not keep up (see `logging::access`).
+pub static ACCESS_LOG_DROPPED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "portcullis_access_log_dropped_total",
+        "Access log lines dropped because the log output did not keep up (8 MiB waiting)"
+    )
+    .expect("metric portcullis_access_log_dropped_total registers once")
+});
 metric!(
     AUTH_FAILURES,
     IntCounterVec,

@@ -86,24 +86,33 @@ pub(super) fn observe(tls: bool, session: &mut Session, e: Option<&Error>, ctx: 
                 .inc();
         }
     }
-    let req = session.req_header();
-    tracing::info!(
-        target: "access",
-        request_id = %ctx.plugin.request_id,
-        client = ?ctx.plugin.client_ip,
-        method = %req.method,
-        path = %req.uri.path(),
-        host = ctx.original_host.as_deref().unwrap_or(""),
-        route = ctx.route.as_ref().map(|r| &*r.route.name).unwrap_or("-"),
-        service = ctx.route.as_ref().map(|r| &*r.route.service.name).unwrap_or("-"),
-        consumer = ctx.plugin.consumer.as_ref().map(|c| c.id.as_str()).unwrap_or("-"),
-        status,
-        latency_ms = (elapsed * 1000.0) as u64,
-        upstream_latency_ms = ctx.upstream_ttfb.map(|t| (t * 1000.0) as u64).unwrap_or(0),
-        upstream = ?ctx.upstream_addr,
-        tls = ctx.tls_version.unwrap_or("-"),
-        tls_group = ctx.tls_group.unwrap_or("-"),
-        error = e.map(|e| e.etype().as_str()).unwrap_or(""),
-        "request"
-    );
+    if crate::logging::access::enabled() {
+        let req = session.req_header();
+        crate::logging::access::write(&crate::logging::access::Line {
+            request_id: &ctx.plugin.request_id,
+            client: ctx.plugin.client_ip,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            host: ctx.original_host.as_deref().unwrap_or(""),
+            route: ctx.route.as_ref().map(|r| &*r.route.name).unwrap_or("-"),
+            service: ctx
+                .route
+                .as_ref()
+                .map(|r| &*r.route.service.name)
+                .unwrap_or("-"),
+            consumer: ctx
+                .plugin
+                .consumer
+                .as_ref()
+                .map(|c| c.id.as_str())
+                .unwrap_or("-"),
+            status,
+            latency_ms: (elapsed * 1000.0) as u64,
+            upstream_latency_ms: ctx.upstream_ttfb.map(|t| (t * 1000.0) as u64).unwrap_or(0),
+            upstream: ctx.upstream_addr,
+            tls: ctx.tls_version.unwrap_or("-"),
+            tls_group: ctx.tls_group.unwrap_or("-"),
+            error: e.map(|e| e.etype().as_str()).unwrap_or(""),
+        });
+    }
 }

@@ -255,6 +255,9 @@ struct FlushOnShutdown {
 impl pingora::services::background::BackgroundService for FlushOnShutdown {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let _ = shutdown.changed().await;
+        // The exit follows the drain without a hook: from now on access lines are written as
+        // they come.
+        crate::logging::access::shutdown();
         let rt = self.shared.load_full();
         let plugins = rt.config.plugins.iter().map(|p| p.plugin.clone()).collect();
         let flushing = crate::plugin::chain::flush_all(plugins);
