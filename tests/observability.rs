@@ -555,3 +555,52 @@ fn no_key_or_certificate_pem_in_logs_even_for_rejected_configs() {
         .count();
     assert!(rejected >= bad.len(), "{log}");
 }
+
+/// Text access lines (the default format) for every request, none lost when SIGTERM follows
+/// right behind the last one: the buffered writer hands over to direct writes on shutdown.
+#[test]
+fn text_access_lines_survive_a_sigterm_right_after_the_requests() {
+    let echo = HttpEcho::start("echo");
+    let mut gw = Gateway::builder()
+        .file(
+            "gateway.yaml",
+            format!(
+                "services:\n- name: echo-service\n  url: {}\n  routes:\n  - name: ok-route\n    paths: [/ok]\n",
+                echo.url()
+            ),
+        )
+        .start();
+    let ids: Vec<String> = (0..20).map(|i| format!("sigterm-{i}")).collect();
+    for id in &ids {
+        let r = Curl::at("http", "h.test", gw.http_port(), "/ok/x")
+            .header(&format!("X-Request-Id: {id}"))
+            .run();
+        assert_eq!(r.status, 200, "{r:#?}");
+    }
+    gw.signal("TERM");
+    assert!(
+        gw.wait_exit(Duration::from_secs(30)).is_some(),
+        "the gateway exits on SIGTERM"
+    );
+    let log = gw.log();
+    for id in &ids {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!(" INFO access: request request_id={id} ")))
+            .collect();
+        assert_eq!(lines.len(), 1, "one access line for {id}:\n{log}");
+        let l = lines[0];
+        for part in [
+            "client=127.0.0.1 ",
+            "method=GET ",
+            "path=/ok/x ",
+            "host=\"h.test:",
+            "route=\"ok-route\" ",
+            "service=\"echo-service\" ",
+            "status=200 ",
+            "upstream=127.0.0.1:",
+        ] {
+            assert!(l.contains(part), "{part:?} in {l}");
+        }
+    }
+}
