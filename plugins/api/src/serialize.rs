@@ -45,8 +45,9 @@ impl Headers<'_> {
     }
 }
 
+/// One header name's values: the run of entries `HeaderMap::iter` yields for it.
 struct Values<'a> {
-    values: http::header::GetAll<'a, http::HeaderValue>,
+    values: &'a [&'a http::HeaderValue],
     hidden: bool,
 }
 
@@ -62,11 +63,9 @@ impl<'a> Values<'a> {
 
 impl Serialize for Values<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut it = self.values.iter();
-        let first = it.next();
-        match (first, it.next()) {
-            (Some(v), None) => s.serialize_str(&self.text(v)),
-            _ => s.collect_seq(self.values.iter().map(|v| self.text(v))),
+        match self.values {
+            [one] => s.serialize_str(&self.text(one)),
+            many => s.collect_seq(many.iter().map(|v| self.text(v))),
         }
     }
 }
@@ -77,13 +76,22 @@ impl Serialize for Headers<'_> {
             return s.serialize_map(Some(0))?.end();
         };
         let mut m = s.serialize_map(Some(map.keys_len()))?;
-        for name in map.keys() {
+        // `iter` yields each name's values together: grouping runs avoids a hash lookup per
+        // name (`get_all`).
+        let mut iter = map.iter().peekable();
+        let mut run: Vec<&http::HeaderValue> = Vec::new();
+        while let Some((name, value)) = iter.next() {
+            run.clear();
+            run.push(value);
+            while let Some((_, v)) = iter.next_if(|(n, _)| *n == name) {
+                run.push(v);
+            }
             let n = name.as_str();
             let hidden = ALWAYS_REDACTED.contains(&n) || self.redact.iter().any(|r| r == n);
             m.serialize_entry(
                 n,
                 &Values {
-                    values: map.get_all(name),
+                    values: &run,
                     hidden,
                 },
             )?;
