@@ -242,6 +242,7 @@ portcullis_conf() { # mode dir
       - name: all
         paths: [/]"
     case $mode in
+        http-accesslog) ;;
         http-*) svc="consumers:
   - username: alice
     keyauth_credentials: [{key: bench-api-key-0123456789}]
@@ -469,7 +470,10 @@ start_system() { # system mode
     case $sys in
         portcullis)
             portcullis_conf "$mode" "$d"
-            PORTCULLIS_LOG=warn taskset -c "$SCPU" "${WRAP[@]}" "$PORTCULLIS_BIN" run --conf "$d" >"$RUN/$sys.log" 2>&1 &
+            # s1accesslog: S1 with the access log on, as users run it (info, text, to a file).
+            local level=warn
+            [ "$mode" = http-accesslog ] && level=info
+            PORTCULLIS_LOG=$level taskset -c "$SCPU" "${WRAP[@]}" "$PORTCULLIS_BIN" run --conf "$d" >"$RUN/$sys.log" 2>&1 &
             ;;
         nginx)
             nginx_conf "$mode" "$d"
@@ -494,7 +498,7 @@ stop_systems() {
 # --- one measured run --------------------------------------------------------------------------
 # scenario → mode and client arguments (the port is appended per system)
 scenario_mode() {
-    case $1 in s1) echo http ;; s1keyauth) echo http-keyauth ;; s1jwt) echo http-jwt ;;
+    case $1 in s1) echo http ;; s1accesslog) echo http-accesslog ;; s1keyauth) echo http-keyauth ;; s1jwt) echo http-jwt ;;
         s1traffic) echo http-traffic ;; s1log) echo http-log ;; s7) echo http-s7 ;;
         s1redis) echo http-redis ;; s1redissync) echo http-redissync ;; s2 | s4 | s4pq) echo https ;; s3) echo mtls ;; s5*) echo stream ;; esac
 }
@@ -502,6 +506,7 @@ client_args() { # scenario system
     local s=$1 sys=$2
     case $s in
         s1) echo "--conns 64" ;;
+        s1accesslog) echo "--conns 64" ;;
         s1keyauth | s1jwt | s1traffic | s1log | s7 | s1redis | s1redissync) echo "--conns 64 --header-file $PKI/h-${s#s1}.txt" ;;
         s2) echo "--conns 64 --tls --sni proxy.bench.test" ;;
         s3) echo "--conns 64 --tls --sni proxy.bench.test --cert $PKI/alice.crt --key $PKI/alice.key" ;;
@@ -517,7 +522,7 @@ client_args() { # scenario system
 scenario_systems() { # scenario
     local sys
     for sys in "${SYSTEMS[@]}"; do
-        case $1 in s4pq | s1keyauth | s1jwt | s1traffic | s1log | s7 | s1redis | s1redissync)
+        case $1 in s4pq | s1accesslog | s1keyauth | s1jwt | s1traffic | s1log | s7 | s1redis | s1redissync)
             [ "$sys" != portcullis ] && continue ;;
         esac
         echo -n "$sys "

@@ -43,7 +43,9 @@ for s in $SCEN; do
     mode=$(scenario_mode "$s")
     rm -f "$PROF/callgrind.$s."* "$PROF/$s."*
     summary=$PROF/$s.summary.tsv
-    for sys in portcullis nginx haproxy; do
+    read -r -a psystems <<<"${PROFILE_SYSTEMS:-$(scenario_systems "$s")}"
+    for sys in "${psystems[@]}"; do
+        [ "$sys" = direct ] && continue
         out=$PROF/callgrind.$s.$sys
         WRAP=(valgrind --tool=callgrind --instr-atstart=no --dump-instr=no "--callgrind-out-file=$out")
         WAIT_PORT_TRIES=1200 start_system "$sys" "$mode"
