@@ -51,6 +51,10 @@ def fmt(x, nd=0):
     return f"{x:,.{nd}f}"
 
 
+def times(x):
+    return "–" if x is None else f"{x:,.2f}×"
+
+
 def main(path):
     rows = [json.loads(line) for line in open(path) if line.strip()]
     meta = {}
@@ -242,8 +246,8 @@ def main(path):
             p("|---|---|---|---|---|---|---|")
             for s, (best, thr, cpu, p99, direct, peer_direct) in rows_:
                 p(
-                    f"| {s} | {best} | {fmt(thr, 2)}× | {fmt(cpu, 2)}× | {fmt(p99, 2)}× "
-                    f"| {fmt(direct, 2)}× | {fmt(peer_direct, 2)}× |"
+                    f"| {s} | {best} | {times(thr)} | {times(cpu)} | {times(p99)} "
+                    f"| {times(direct)} | {times(peer_direct)} |"
                 )
             p("")
         p("Proxy CPU per request: per GiB in s5bulk; below 1× is less CPU than the peer.")
@@ -295,7 +299,7 @@ def main(path):
                     (
                         fmt(m["held_rss_kib"] / 1024, 1) if m else "–",
                         fmt(pc, 1),
-                        f"{fmt(pc / bc, 2)}×" if pc is not None and bc else "–",
+                        times(pc / bc if pc is not None and bc else None),
                     )
                 )
             idle = " / ".join(fmt(m["idle_rss_kib"] / 1024, 1) if m else "–" for m in (h, t))
