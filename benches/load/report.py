@@ -64,6 +64,7 @@ def main(path):
     load = [r for r in rows if r.get("kind") == "load"]
     mem = [r for r in rows if r.get("kind") == "mem"]
     skips = [r for r in rows if r.get("kind") == "skip"]
+    notes = [r for r in rows if r.get("kind") == "note"]
     out = []
     p = out.append
     p(f"Run {meta.get('start', '?')} (git {meta.get('git', '?')}); machine: {meta.get('machine', '?')}")
@@ -157,6 +158,9 @@ def main(path):
                 "h2load reports only min/max/mean/sd of the request time; p50 and p99 are computed "
                 "from its per-request log (--log-file) over the requests started after the warm-up."
             )
+        differ = [r for r in notes if r.get("scenario") == s]
+        if differ:
+            p("Differences: " + "; ".join(f"{r['system']}: {r['note']}" for r in differ))
         not_run = [r for r in skips if r.get("scenario") == s]
         if not_run:
             p("Not run: " + "; ".join(f"{r['system']} ({r['reason']})" for r in not_run))

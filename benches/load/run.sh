@@ -62,11 +62,19 @@ skip() { # scenario system reason
     python3 -c 'import json,sys; print(json.dumps({"kind": "skip", "scenario": sys.argv[1], "system": sys.argv[2], "reason": sys.argv[3]}))' "$@" >>"$RESULTS"
 }
 for sys in "${!SYSTEM_SKIP[@]}"; do skip "*" "$sys" "${SYSTEM_SKIP[$sys]}"; done
+note() { # scenario system text
+    python3 -c 'import json,sys; print(json.dumps({"kind": "note", "scenario": sys.argv[1], "system": sys.argv[2], "note": sys.argv[3]}))' "$@" >>"$RESULTS"
+}
 for s in $SCENARIOS; do
     [ "$s" = mem ] && continue
     for sys in "${SYSTEMS[@]}"; do
         reason=$(skip_reason "$s" "$sys")
-        [ -n "$reason" ] && skip "$s" "$sys" "$reason"
+        if [ -n "$reason" ]; then
+            skip "$s" "$sys" "$reason"
+        else
+            text=$(scenario_note "$s" "$sys")
+            [ -n "$text" ] && note "$s" "$sys" "$text"
+        fi
     done
 done
 
