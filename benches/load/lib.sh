@@ -1,6 +1,6 @@
 # Shared by benches/load/run.sh (the measured run) and benches/load/profile.sh (callgrind and
-# perf profiles): settings, PKI, ports, the upstream, the three proxies' equivalent configurations
-# and the measurement of one run. Sourced, not executed.
+# perf profiles): settings, PKI, ports, the upstream, the proxies' equivalent configurations
+# (Portcullis, nginx, HAProxy, Caddy, pingap) and the measurement of one run. Sourced, not executed.
 # shellcheck shell=bash
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
@@ -8,16 +8,22 @@ WORK=${BENCH_WORK:-$ROOT/target/bench-load}
 DURATION=${BENCH_DURATION:-5}
 WARMUP=${BENCH_WARMUP:-1}
 REPEATS=${BENCH_REPEATS:-3}
-SCENARIOS=${BENCH_SCENARIOS:-"s1 s2 s3 s4 s4pq s5bulk s5conn s1keyauth s1jwt s1traffic s1log s7 mem"}
+SCENARIOS=${BENCH_SCENARIOS:-"s1 s2 s3 s4 s4pq s5bulk s5conn s6 s1keyauth s1jwt s1traffic s1log s7 mem"}
 CCPU=${BENCH_CLIENT_CPU:-0}
 SCPU=${BENCH_SERVER_CPU:-1}
 MAX_LOAD=${BENCH_MAX_LOAD-0.7}
 LOAD_WAIT_MIN=${BENCH_LOAD_WAIT_MIN:-40}
+# Idle keep-alive connections held open for the memory figure (HTTP and TLS).
+MEM_CONNS=${BENCH_MEM_CONNS:-10000}
+# Where a missing pingap is installed (cargo install --root); its bin/ is searched too.
+BENCH_TOOLS=${BENCH_TOOLS:-$ROOT/target/bench-tools}
 # Unset: the working tree's release build, brought up to date below (a no-op when it is).
 BUILD_PORTCULLIS=${PORTCULLIS_BIN:+no}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-$ROOT/target/release/portcullis}
 PCLOAD=$ROOT/benches/load/client/target/release/pcload
-read -r -a SYSTEMS <<<"${BENCH_SYSTEMS:-direct portcullis nginx haproxy}"
+read -r -a SYSTEMS <<<"${BENCH_SYSTEMS:-direct portcullis nginx haproxy caddy pingap}"
+# Every proxy the harness knows, in the order they are started and reported.
+PROXIES=(portcullis nginx haproxy caddy pingap)
 HZ=$(getconf CLK_TCK)
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -30,7 +36,24 @@ NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 [ -f "$NGINX_STREAM_MODULE" ] || die "nginx stream module missing (apt-get install libnginx-mod-stream)"
 
 ulimit -n "$(ulimit -Hn)"
+# The proxies' connection limits, above MEM_CONNS but within the open-files limit (a hard limit
+# that even root cannot raise on some machines: 20,000 on the benchmark VM), leaving room for
+# the upstream side and the process' own files.
+NOFILE=$(ulimit -n)
+MAXCONN=$((NOFILE - 1000 < 30000 ? NOFILE - 1000 : 30000))
+[ "$MAXCONN" -gt "$MEM_CONNS" ] || die "open-files limit $NOFILE too low for BENCH_MEM_CONNS=$MEM_CONNS"
 
+has() { # word list...
+    local w=$1
+    shift
+    [[ " $* " == *" $w "* ]]
+}
+# Systems that cannot run at all on this machine, with the reason (recorded in the results).
+declare -A SYSTEM_SKIP=()
+skip_system() { # system reason
+    SYSTEM_SKIP[$1]=$2
+    log "$1: skipped: $2"
+}
 # --- processes we start, and only those, are stopped on exit ---------------------------------
 PIDS=()
 stop_pid() {
@@ -50,12 +73,69 @@ if [ ! -x "$PCLOAD" ]; then
     log "building the load client (benches/load/client)"
     cargo build --release --quiet --manifest-path benches/load/client/Cargo.toml
 fi
-if [ "${BUILD_PORTCULLIS:-yes}" = yes ]; then
-    # Never benchmark a stale binary: cargo rebuilds only what changed.
-    log "cargo build --release --bin portcullis"
-    cargo build --release --quiet --bin portcullis
+if has portcullis "${SYSTEMS[@]}"; then
+    if [ "${BUILD_PORTCULLIS:-yes}" = yes ]; then
+        # Never benchmark a stale binary: cargo rebuilds only what changed.
+        log "cargo build --release --bin portcullis"
+        cargo build --release --quiet --bin portcullis
+    fi
+    [ -x "$PORTCULLIS_BIN" ] || die "no Portcullis binary at $PORTCULLIS_BIN"
 fi
-[ -x "$PORTCULLIS_BIN" ] || die "no Portcullis binary at $PORTCULLIS_BIN"
+mkdir -p "$WORK"
+
+# Caddy: Debian's package (2.6 here), run as it is.
+if has caddy "${SYSTEMS[@]}" && ! command -v caddy >/dev/null; then
+    skip_system caddy "caddy not installed (apt-get install caddy)"
+fi
+
+# pingap (a Pingora-based gateway) is not packaged: built from crates.io with cargo. pingap 0.16.1
+# needs rustc >= 1.96 (newer than the stable toolchain here, hence nightly) and protoc
+# (Debian's protobuf-compiler) for its build; the build takes 30+ minutes on 2 cores, once.
+PINGAP_VERSION=0.16.1
+find_pingap() {
+    PINGAP_BIN=$(command -v pingap || true)
+    if [ -z "$PINGAP_BIN" ] && [ -x "$BENCH_TOOLS/bin/pingap" ]; then PINGAP_BIN=$BENCH_TOOLS/bin/pingap; fi
+    [ -n "$PINGAP_BIN" ]
+}
+rustc_is_new_enough() { # rustc --version output; pingap 0.16.1 has rust-version 1.96
+    python3 -c 'import re,sys; m=re.search(r"rustc (\d+)\.(\d+)", sys.argv[1]); sys.exit(0 if m and (int(m[1]), int(m[2])) >= (1, 96) else 1)' "$1"
+}
+install_pingap() {
+    local toolchain=""
+    if rustc_is_new_enough "$(rustc --version 2>/dev/null)"; then
+        toolchain=""
+    elif rustc_is_new_enough "$(rustc +nightly --version 2>/dev/null)"; then
+        toolchain=+nightly
+    else
+        skip_system pingap "not installed, and no rustc >= 1.96 to build it (rustup toolchain install nightly)"
+        return
+    fi
+    if ! command -v protoc >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing protobuf-compiler (apt), needed to build pingap"
+        apt-get install -y -q protobuf-compiler >"$WORK/apt-protobuf.log" 2>&1 || true
+    fi
+    if ! command -v protoc >/dev/null; then
+        skip_system pingap "not installed, and protoc is missing to build it (apt-get install protobuf-compiler)"
+        return
+    fi
+    log "installing pingap $PINGAP_VERSION into $BENCH_TOOLS: cargo $toolchain install (30+ minutes; log $WORK/pingap-install.log)"
+    # shellcheck disable=SC2086 # the toolchain is one word or none
+    if ! CARGO_INCREMENTAL=0 cargo $toolchain install pingap --version "$PINGAP_VERSION" --locked \
+        --root "$BENCH_TOOLS" -j 1 >"$WORK/pingap-install.log" 2>&1; then
+        skip_system pingap "cargo install pingap $PINGAP_VERSION failed (see $WORK/pingap-install.log)"
+    fi
+}
+if has pingap "${SYSTEMS[@]}" && ! find_pingap; then
+    if [ "${BENCH_INSTALL_PINGAP:-yes}" = yes ]; then
+        install_pingap
+        [ -n "${SYSTEM_SKIP[pingap]:-}" ] || find_pingap || skip_system pingap "no pingap binary after the install"
+    else
+        skip_system pingap "not installed (BENCH_INSTALL_PINGAP=no; cargo +nightly install pingap --version $PINGAP_VERSION --locked --root $BENCH_TOOLS)"
+    fi
+fi
+
+# The systems of $SYSTEMS that can run here.
+read -r -a SYSTEMS <<<"$(for sys in "${SYSTEMS[@]}"; do [ -z "${SYSTEM_SKIP[$sys]:-}" ] && echo -n "$sys "; done)"
 
 RUN=${RUN:-$WORK/run}
 rm -rf "$RUN"
@@ -99,8 +179,8 @@ fi
 [ -f "$WORK/big.bin" ] || head -c $((32 * 1024 * 1024)) /dev/urandom >"$WORK/big.bin"
 
 # --- ports -----------------------------------------------------------------------------------
-read -r UP_HTTP UP_HTTPS UP_STATUS P_PORT N_PORT H_PORT REDIS_PORT <<<"$("$PCLOAD" ports 7)"
-declare -A PORT=([portcullis]=$P_PORT [nginx]=$N_PORT [haproxy]=$H_PORT)
+read -r UP_HTTP UP_HTTPS UP_STATUS P_PORT N_PORT H_PORT REDIS_PORT C_PORT G_PORT <<<"$("$PCLOAD" ports 9)"
+declare -A PORT=([portcullis]=$P_PORT [nginx]=$N_PORT [haproxy]=$H_PORT [caddy]=$C_PORT [pingap]=$G_PORT)
 
 wait_port() { # port pid name
     for _ in $(seq "${WAIT_PORT_TRIES:-200}"); do
@@ -135,10 +215,10 @@ start_upstream() {
 master_process off;
 daemon off;
 worker_processes 1;
-worker_rlimit_nofile 20000;
+worker_rlimit_nofile $NOFILE;
 pid $d/nginx.pid;
 error_log $d/error.log warn;
-events { worker_connections 9000; }
+events { worker_connections $MAXCONN; }
 http {
     access_log off;
     default_type text/plain;
@@ -228,9 +308,12 @@ portcullis_conf() { # mode dir
     local mode=$1 d=$2 listen svc
     mkdir -p "$d"
     case $mode in
-        http | http-*) listen="    - address: 127.0.0.1:$P_PORT" ;;
-        https | mtls) listen="    - address: 127.0.0.1:$P_PORT
-      tls: true" ;;
+        http | http-*) listen="    - address: 127.0.0.1:$P_PORT
+      max_connections: $MAXCONN" ;;
+        # ALPN h2 is on by default on TLS listeners: h2 is https.
+        https | mtls | h2) listen="    - address: 127.0.0.1:$P_PORT
+      tls: true
+      max_connections: $MAXCONN" ;;
         stream) listen="    []
   stream:
     - address: 127.0.0.1:$P_PORT" ;;
@@ -311,7 +394,8 @@ EOF
 }
 
 nginx_conf() { # mode dir
-    local mode=$1 d=$2 body
+    local mode=$1 d=$2 body h2=""
+    [ "$mode" = h2 ] && h2=yes
     mkdir -p "$d/tmp"
     local common_http="
     access_log off;
@@ -345,9 +429,9 @@ nginx_conf() { # mode dir
         }
     }
 }" ;;
-        https) body="http {$common_http
+        https | h2) body="http {$common_http
     server {
-        listen 127.0.0.1:$N_PORT ssl;$tls
+        listen 127.0.0.1:$N_PORT ssl${h2:+ http2};$tls
         location / {$headers
             proxy_pass http://up_http;
         }
@@ -391,10 +475,10 @@ load_module $NGINX_STREAM_MODULE;
 master_process off;
 daemon off;
 worker_processes 1;
-worker_rlimit_nofile 20000;
+worker_rlimit_nofile $NOFILE;
 pid $d/nginx.pid;
 error_log $d/error.log warn;
-events { worker_connections 9000; }
+events { worker_connections $MAXCONN; }
 $body
 EOF
 }
@@ -410,14 +494,16 @@ haproxy_conf() { # mode dir
     unique-id-format %{+X}o%ci%cp%fi%fp%Ts%rt%pid
     unique-id-header X-Request-Id
     http-response set-header X-Request-Id %[unique-id]"
-    local bindtls="ssl crt $PKI/proxy.haproxy.pem alpn http/1.1"
+    local alpn=http/1.1
+    [ "$mode" = h2 ] && alpn=h2,http/1.1
+    local bindtls="ssl crt $PKI/proxy.haproxy.pem alpn $alpn"
     case $mode in
         http) front="frontend fe
     bind 127.0.0.1:$H_PORT$headers
     http-request set-header X-Forwarded-Proto http
     http-request set-header Host 127.0.0.1:$UP_HTTP
     default_backend up_http" ;;
-        https) front="frontend fe
+        https | h2) front="frontend fe
     bind 127.0.0.1:$H_PORT $bindtls$headers
     http-request set-header X-Forwarded-Proto https
     http-request set-header Host 127.0.0.1:$UP_HTTP
@@ -443,7 +529,10 @@ backend pass
     cat >"$d/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 9000
+    maxconn $MAXCONN
+    # HAProxy sizes its open-files need at 2 per connection (maxsock), above the limit here, and
+    # by default refuses to start when it cannot raise it; idle client connections need one each.
+    no strict-limits
     ssl-default-bind-options ssl-min-ver TLSv1.2
     ssl-default-server-options ssl-min-ver TLSv1.2
 defaults
@@ -459,6 +548,180 @@ backend up_http
     server u 127.0.0.1:$UP_HTTP
 backend up_https
     server u 127.0.0.1:$UP_HTTPS ssl verify required ca-file $PKI/root.crt sni str(upstream.bench.test) verifyhost upstream.bench.test
+EOF
+}
+
+# Caddy (Debian's 2.6): GOMAXPROCS=1 (set where it is started), admin endpoint and automatic
+# HTTPS off, no access log (Caddy logs requests only with a `log` directive), the same
+# certificate files. reverse_proxy sets X-Forwarded-For/-Proto/-Host itself (replacing what a
+# client sent that is not a trusted proxy); the rest are set as nginx does. X-Forwarded-Port is
+# written as the listener's port: Caddy 2.6 has no placeholder for the local port.
+# modes: http, https, h2 (= https: Caddy offers h2 on TLS by default), mtls
+caddy_conf() { # mode dir
+    local mode=$1 d=$2 site tls="" guard="" up="127.0.0.1:$UP_HTTP" transport="" extra="" client_auth="" strict=""
+    mkdir -p "$d"
+    [ "$mode" = mtls ] && client_auth="
+		client_auth {
+			mode require_and_verify
+			trusted_ca_cert_file $PKI/clientca.crt
+		}"
+    case $mode in
+        http) site="http://:$C_PORT" ;;
+        https | h2 | mtls) site="https://:$C_PORT"
+            tls="
+	tls $PKI/proxy.chain.crt $PKI/proxy.key {
+		protocols tls1.2 tls1.3$client_auth
+	}" ;;
+    esac
+    if [ "$mode" = mtls ]; then
+        # With client authentication Caddy answers 421 to a Host that is not the TLS server name
+        # (a guard against bypassing per-host client auth); the load client's Host is not, and
+        # nginx and HAProxy do not compare them.
+        strict="
+		strict_sni_host insecure_off"
+        # Go renders the subject as an RFC 2253 string: CN=alice for the bench's client.
+        guard="
+	@notalice not expression \`{http.request.tls.client.subject} == \"CN=alice\"\`
+	respond @notalice 403"
+        up="https://127.0.0.1:$UP_HTTPS"
+        # Caddy has no verify-depth setting: the chain is verified to the root, as HAProxy does.
+        transport="
+			tls_trusted_ca_certs $PKI/root.crt
+			tls_server_name upstream.bench.test"
+        extra="
+		header_up X-Consumer-Username {http.request.tls.client.subject}
+		header_up X-Consumer-Groups bench"
+    fi
+    cat >"$d/Caddyfile" <<EOF
+{
+	admin off
+	auto_https off
+	default_sni proxy.bench.test
+	log {
+		level ERROR
+	}
+	servers {
+		# No HTTP/3 (it would open a UDP listener the others do not have).
+		protocols h1 h2$strict
+		timeouts {
+			idle 60s
+		}
+	}
+}
+$site {
+	bind 127.0.0.1$tls$guard
+	header X-Request-Id {http.request.uuid}
+	reverse_proxy $up {
+		header_up X-Real-IP {remote_host}
+		header_up X-Forwarded-Port $C_PORT
+		header_up X-Request-Id {http.request.uuid}
+		header_up Host {upstream_hostport}$extra
+		transport http {$transport
+			keepalive 60s
+			keepalive_idle_conns 256
+			keepalive_idle_conns_per_host 256
+		}
+	}
+}
+EOF
+}
+
+# pingap 0.16 (Pingora 0.8-based): one worker thread without work stealing, no access log
+# (none unless `access_log` is set), 256 pooled upstream connections, the same certificate.
+# `enable_reverse_proxy_headers` adds X-Real-IP, X-Forwarded-For/-Proto/-Host/-Port; the
+# request_id plugin sets X-Request-Id upstream and response_headers copies it to the response.
+# S3: `tls_client_ca` verifies the client certificate (require), but pingap has no way to refuse
+# a verified certificate by its subject (no CN=alice check; the bench's client CA issues only
+# alice's certificate, so the check would always pass). modes: http, https, h2, mtls, http-s7
+pingap_conf() { # mode dir
+    local mode=$1 d=$2 server_tls="" upstream=up plugins='"benchRequestId", "benchResponseId"'
+    local set_headers="\"Host:127.0.0.1:$UP_HTTP\""
+    mkdir -p "$d"
+    case $mode in
+        https | h2 | mtls) server_tls="
+global_certificates = true
+tls_min_version = \"tlsv1.2\"" ;;
+    esac
+    [ "$mode" = h2 ] && server_tls="$server_tls
+enabled_h2 = true"
+    if [ "$mode" = mtls ]; then
+        server_tls="$server_tls
+tls_client_ca = \"$PKI/clientca.crt\"
+tls_client_auth = \"require\""
+        upstream=up_tls
+        set_headers="\"Host:upstream.bench.test:$UP_HTTPS\", \"X-Consumer-Username:\$tls_client_subject\", \"X-Consumer-Groups:bench\""
+    fi
+    [ "$mode" = http-s7 ] && plugins='"benchKeyAuth", "benchLimit", "benchCors", "benchAddHeader", '"$plugins"
+    cat >"$d/pingap.toml" <<EOF
+[basic]
+pid_file = "$d/pingap.pid"
+upgrade_sock = "$d/upgrade.sock"
+threads = 1
+work_stealing = false
+log_level = "warn"
+upstream_keepalive_pool_size = 256
+# Stopped between scenarios with SIGTERM: no graceful drain of 5 minutes.
+grace_period = "0s"
+graceful_shutdown_timeout = "1s"
+
+[servers.bench]
+addr = "127.0.0.1:$G_PORT"
+locations = ["all"]
+threads = 1$server_tls
+
+[locations.all]
+upstream = "$upstream"
+path = "/"
+enable_reverse_proxy_headers = true
+proxy_set_headers = [$set_headers]
+plugins = [$plugins]
+
+[upstreams.up]
+addrs = ["127.0.0.1:$UP_HTTP"]
+idle_timeout = "60s"
+
+[upstreams.up_tls]
+addrs = ["127.0.0.1:$UP_HTTPS"]
+sni = "upstream.bench.test"
+ca = "$PKI/root.crt"
+verify_cert = true
+idle_timeout = "60s"
+
+[certificates.proxy]
+domains = "proxy.bench.test"
+tls_cert = "$PKI/proxy.chain.crt"
+tls_key = "$PKI/proxy.key"
+is_default = true
+
+[plugins.benchRequestId]
+category = "request_id"
+algorithm = "uuid"
+
+[plugins.benchResponseId]
+category = "response_headers"
+set_headers = ["X-Request-Id:\$http_x_request_id"]
+
+# S7: key-auth + rate limit (never reached) + cors + an added upstream header.
+[plugins.benchKeyAuth]
+category = "key_auth"
+header = "apikey"
+keys = ["bench-api-key-0123456789"]
+
+[plugins.benchLimit]
+category = "limit"
+type = "rate"
+tag = "ip"
+max = 1000000000
+interval = "1s"
+headers = true
+
+[plugins.benchCors]
+category = "cors"
+allow_origin = "https://app.bench.test"
+
+[plugins.benchAddHeader]
+category = "request_headers"
+add_headers = ["x-bench:1"]
 EOF
 }
 
@@ -483,16 +746,28 @@ start_system() { # system mode
             haproxy_conf "$mode" "$d"
             taskset -c "$SCPU" "${WRAP[@]}" haproxy -db -f "$d/haproxy.cfg" >"$RUN/$sys.log" 2>&1 &
             ;;
+        caddy)
+            caddy_conf "$mode" "$d"
+            # One OS thread running Go code, as the others have one worker; Caddy's data and
+            # config directories (unused with automatic HTTPS off) kept in the run directory.
+            GOMAXPROCS=1 XDG_DATA_HOME=$d/data XDG_CONFIG_HOME=$d/config taskset -c "$SCPU" "${WRAP[@]}" \
+                caddy run --config "$d/Caddyfile" --adapter caddyfile >"$RUN/$sys.log" 2>&1 &
+            ;;
+        pingap)
+            pingap_conf "$mode" "$d"
+            taskset -c "$SCPU" "${WRAP[@]}" "$PINGAP_BIN" -c "$d/pingap.toml" >"$RUN/$sys.log" 2>&1 &
+            ;;
     esac
     SYS_PID[$sys]=$!
     PIDS+=("$!")
     wait_port "${PORT[$sys]}" "$!" "$sys"
 }
 stop_systems() {
-    for sys in portcullis nginx haproxy; do
+    for sys in "${PROXIES[@]}"; do
         [ -n "${SYS_PID[$sys]:-}" ] && stop_pid "${SYS_PID[$sys]}"
         SYS_PID[$sys]=""
     done
+    return 0
 }
 
 # --- one measured run --------------------------------------------------------------------------
@@ -500,7 +775,8 @@ stop_systems() {
 scenario_mode() {
     case $1 in s1) echo http ;; s1accesslog) echo http-accesslog ;; s1keyauth) echo http-keyauth ;; s1jwt) echo http-jwt ;;
         s1traffic) echo http-traffic ;; s1log) echo http-log ;; s7) echo http-s7 ;;
-        s1redis) echo http-redis ;; s1redissync) echo http-redissync ;; s2 | s4 | s4pq) echo https ;; s3) echo mtls ;; s5*) echo stream ;; esac
+        s1redis) echo http-redis ;; s1redissync) echo http-redissync ;; s2 | s4 | s4pq) echo https ;; s3) echo mtls ;; s5*) echo stream ;;
+        s6) echo h2 ;; esac
 }
 client_args() { # scenario system
     local s=$1 sys=$2
@@ -514,19 +790,67 @@ client_args() { # scenario system
         s4pq) echo "--conns 32 --close --tls --sni proxy.bench.test --groups X25519MLKEM768" ;;
         s5bulk) echo "--conns 4 --tls --sni bulk.bench.test --path /big" ;;
         s5conn) echo "--conns 32 --close --tls --sni bulk.bench.test" ;;
+        # h2load.py: HTTP/2 over TLS, 4 connections of 100 concurrent streams each.
+        s6) echo "--conns 4 --streams 100" ;;
     esac
 }
-# The systems of $SYSTEMS that can run a scenario: the ML-KEM handshake needs OpenSSL ≥ 3.5,
-# which only Portcullis (vendored 3.6) has here; the upstream nginx cannot be reached with it
-# directly either.
+# The load client of a scenario, with its arguments: pcload, or h2load (through h2load.py, which
+# prints pcload's JSON) for HTTP/2.
+client_cmd() { # scenario system duration warmup [conns]
+    local s=$1 sys=$2 dur=$3 warm=$4 conns=${5:-} args
+    args=$(client_args "$s" "$sys")
+    # Every scenario's arguments start with --conns N.
+    [ -n "$conns" ] && args="--conns $conns ${args#--conns * }"
+    if [ "$s" = s6 ]; then
+        echo "python3 $ROOT/benches/load/h2load.py --port $(target_port "$s" "$sys") --duration $dur --warmup $warm $args"
+    else
+        echo "$PCLOAD run --addr 127.0.0.1:$(target_port "$s" "$sys") --duration $dur --warmup $warm $args"
+    fi
+}
+PLUGIN_SCENARIOS=(s1accesslog s1keyauth s1jwt s1traffic s1log s1redis s1redissync)
+# Why a system does not run a scenario (nothing when it does); recorded with the results.
+skip_reason() { # scenario system
+    local s=$1 sys=$2
+    if [ "$s" = s6 ] && ! command -v h2load >/dev/null; then
+        echo "h2load not installed (apt-get install nghttp2-client)"
+        return
+    fi
+    if has "$s" "${PLUGIN_SCENARIOS[@]}"; then
+        [ "$sys" != portcullis ] && echo "Portcullis-only plugin scenario (Kong plugins, priced against S1)"
+        return
+    fi
+    case $sys:$s in
+        direct:s4pq) echo "the upstream nginx links Debian's OpenSSL 3.0: no ML-KEM" ;;
+        direct:s6) echo "the upstream nginx's TLS port speaks HTTP/1.1 only" ;;
+        direct:s7) echo "a plugin scenario: proxies only" ;;
+        nginx:s4pq | haproxy:s4pq) echo "Debian's OpenSSL 3.0: no ML-KEM (X25519MLKEM768 needs OpenSSL >= 3.5)" ;;
+        nginx:s7 | haproxy:s7) echo "no key-auth or rate-limiting plugin in the stock configuration (needs njs/Lua scripting)" ;;
+        caddy:s4pq) echo "Debian's Caddy 2.6 is built with Go 1.19: no ML-KEM in its crypto/tls" ;;
+        caddy:s5*) echo "TLS passthrough by SNI needs the caddy-l4 plugin, not in Debian's build" ;;
+        caddy:s7) echo "no key-auth or rate-limiting in the stock Caddy build (third-party plugins)" ;;
+        pingap:s4pq) [ -n "$(pingap_mlkem)" ] || echo "this pingap build links the system OpenSSL 3.0: no ML-KEM" ;;
+        pingap:s5*) echo "pingap 0.16 proxies HTTP only: no TCP/TLS passthrough" ;;
+    esac
+}
+# Where a system runs a scenario with less than the others do; recorded with the results.
+scenario_note() { # scenario system
+    case $2:$1 in
+        haproxy:s3 | caddy:s3) echo "no upstream verify-depth setting: the chain is verified to the root" ;;
+        pingap:s3) echo "the client certificate is verified (required), but not checked for CN=alice: pingap cannot refuse a verified certificate by its subject; no upstream verify-depth setting" ;;
+    esac
+    return 0
+}
+# pingap's default build links a vendored OpenSSL 3.6, which has ML-KEM; prints "yes" then.
+pingap_mlkem() {
+    [ -n "${PINGAP_BIN:-}" ] && ! ldd "$PINGAP_BIN" 2>/dev/null | grep -q libssl && echo yes
+}
+# The systems of $SYSTEMS that can run a scenario.
 scenario_systems() { # scenario
     local sys
     for sys in "${SYSTEMS[@]}"; do
-        case $1 in s4pq | s1accesslog | s1keyauth | s1jwt | s1traffic | s1log | s7 | s1redis | s1redissync)
-            [ "$sys" != portcullis ] && continue ;;
-        esac
-        echo -n "$sys "
+        [ -z "$(skip_reason "$1" "$sys")" ] && echo -n "$sys "
     done
+    return 0
 }
 target_port() { # scenario system
     if [ "$2" = direct ]; then
@@ -544,8 +868,7 @@ measure() { # scenario system round
     local acc0 acc1 up0 up1 c0=0 c1=0 cs0=0 cs1=0
     acc0=$(upstream_accepts)
     # shellcheck disable=SC2046
-    taskset -c "$CCPU" "$PCLOAD" run --addr "127.0.0.1:$(target_port "$s" "$sys")" \
-        --duration "$DURATION" --warmup "$WARMUP" $(client_args "$s" "$sys") >"$out" 2>>"$RUN/pcload.log" &
+    taskset -c "$CCPU" $(client_cmd "$s" "$sys" "$DURATION" "$WARMUP") >"$out" 2>>"$RUN/pcload.log" &
     local cpid=$!
     # CPU is read over the client's measurement window only.
     sleep "$WARMUP"

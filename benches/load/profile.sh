@@ -19,6 +19,8 @@
 set -euo pipefail
 
 export BENCH_MAX_LOAD=""
+# Profiles cover Portcullis, nginx and HAProxy: no Caddy or pingap (nor pingap's install) here.
+export BENCH_SYSTEMS=${BENCH_SYSTEMS:-"portcullis nginx haproxy"}
 RUN=${BENCH_WORK:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/target/bench-load}/profile-run
 RESULTS=/dev/null
 # shellcheck source=benches/load/lib.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The load benchmark of BENCHMARKS.md: Portcullis, nginx and HAProxy side by side, plus the direct
-# client → upstream connection, on loopback, one worker each.
+# The load benchmark of BENCHMARKS.md: Portcullis, nginx, HAProxy, Caddy and pingap side by side,
+# plus the direct client → upstream connection, on loopback, one worker each.
 #
 #   bash benches/load/run.sh                 # every scenario, 3 interleaved repeats, ~12 minutes
 #   BENCH_SCENARIOS="s1 s3" BENCH_REPEATS=1 bash benches/load/run.sh   # a quick look
@@ -14,8 +14,12 @@
 # request-transformer adding a header), s1log (http-log batching 200 entries + opentelemetry with
 # its defaults, both shipping to the upstream nginx), s7 (key-auth + rate-limiting + cors +
 # request-transformer), s1redis / s1redissync (rate-limiting with the redis policy against a
-# local redis-server: a round trip per request, or batched by sync_rate 0.1 s). Plus memory:
-# idle, 1,000 keep-alive connections, 10,000 routes + 1,000 certificates (Portcullis).
+# local redis-server: a round trip per request, or batched by sync_rate 0.1 s); s7 runs on pingap
+# too, with its equivalent plugins (key_auth, limit, cors, request_headers). s6 HTTP/2 over TLS
+# (h2load: 4 connections × 100 concurrent streams). Plus memory: idle, and with 10,000 idle
+# keep-alive connections over HTTP and over TLS (a handshake and one request each), per system;
+# Portcullis with 10,000 routes + 1,000 certificates. A system or scenario that cannot run is
+# skipped with its reason, recorded in the results and the report.
 #
 # Layout (2 cores): the load client on CPU $BENCH_CLIENT_CPU, proxy and upstream on CPU
 # $BENCH_SERVER_CPU. Everything is started here, on 127.0.0.1 ephemeral ports, with config files
@@ -23,14 +27,15 @@
 #
 # Environment:
 #   BENCH_WORK (target/bench-load)  BENCH_DURATION (5 s measured)  BENCH_WARMUP (1 s)
-#   BENCH_REPEATS (3)  BENCH_SCENARIOS ("s1 s2 s3 s4 s4pq s5bulk s5conn s1keyauth s1jwt s1traffic s1log s7 mem")
-#   BENCH_SYSTEMS ("direct portcullis nginx haproxy")
+#   BENCH_REPEATS (3)  BENCH_SCENARIOS ("s1 s2 s3 s4 s4pq s5bulk s5conn s6 s1keyauth s1jwt s1traffic s1log s7 mem")
+#   BENCH_SYSTEMS ("direct portcullis nginx haproxy caddy pingap")  BENCH_MEM_CONNS (10000)
+#   BENCH_TOOLS (target/bench-tools: where a missing pingap is installed with cargo +nightly;
+#   BENCH_INSTALL_PINGAP=no skips pingap instead)
 #   BENCH_MAX_LOAD (0.7: wait until the 1-minute load average is below it, polling every 60 s,
 #   at most BENCH_LOAD_WAIT_MIN=40 minutes; empty: do not wait)
 #   PORTCULLIS_BIN (default: target/release/portcullis, rebuilt first with `cargo build --release`;
 #   when set, that binary is used as is)
 set -euo pipefail
-
 
 # shellcheck source=benches/load/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,14 +47,40 @@ wait_for_quiet
 meta start "\"$(date -u +%FT%TZ)\""
 meta loadavg_start "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
 meta machine "\"$(nproc) CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)\""
-meta versions "\"$("$PORTCULLIS_BIN" version 2>&1 | head -1); $(nginx -v 2>&1 | sed 's/.*: //'); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(openssl version | cut -d' ' -f1-2) (system)\""
-meta settings "{\"duration\": $DURATION, \"warmup\": $WARMUP, \"repeats\": $REPEATS, \"client_cpu\": $CCPU, \"server_cpu\": $SCPU}"
+versions="$(nginx -v 2>&1 | sed 's/.*: //'); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(openssl version | cut -d' ' -f1-2) (system)"
+has portcullis "${SYSTEMS[@]}" && versions="$("$PORTCULLIS_BIN" version 2>&1 | head -1); $versions"
+has caddy "${SYSTEMS[@]}" && versions="$versions; Caddy $(caddy version 2>&1 | head -1)"
+has pingap "${SYSTEMS[@]}" && versions="$versions; $("$PINGAP_BIN" --version 2>&1 | head -1)"
+command -v h2load >/dev/null && versions="$versions; $(h2load --version 2>&1 | head -1)"
+meta versions "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$versions")"
+meta settings "{\"duration\": $DURATION, \"warmup\": $WARMUP, \"repeats\": $REPEATS, \"client_cpu\": $CCPU, \"server_cpu\": $SCPU, \"mem_conns\": $MEM_CONNS, \"maxconn\": $MAXCONN}"
 meta git "\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\""
-meta binary "\"$PORTCULLIS_BIN, built $(date -u -r "$PORTCULLIS_BIN" +%FT%TZ)\""
+has portcullis "${SYSTEMS[@]}" && meta binary "\"$PORTCULLIS_BIN, built $(date -u -r "$PORTCULLIS_BIN" +%FT%TZ)\""
+
+# Why something is not measured: one line per system that cannot run, and per scenario and system.
+skip() { # scenario system reason
+    python3 -c 'import json,sys; print(json.dumps({"kind": "skip", "scenario": sys.argv[1], "system": sys.argv[2], "reason": sys.argv[3]}))' "$@" >>"$RESULTS"
+}
+for sys in "${!SYSTEM_SKIP[@]}"; do skip "*" "$sys" "${SYSTEM_SKIP[$sys]}"; done
+note() { # scenario system text
+    python3 -c 'import json,sys; print(json.dumps({"kind": "note", "scenario": sys.argv[1], "system": sys.argv[2], "note": sys.argv[3]}))' "$@" >>"$RESULTS"
+}
+for s in $SCENARIOS; do
+    [ "$s" = mem ] && continue
+    for sys in "${SYSTEMS[@]}"; do
+        reason=$(skip_reason "$s" "$sys")
+        if [ -n "$reason" ]; then
+            skip "$s" "$sys" "$reason"
+        else
+            text=$(scenario_note "$s" "$sys")
+            [ -n "$text" ] && note "$s" "$sys" "$text"
+        fi
+    done
+done
 
 start_upstream
 [[ " $SCENARIOS " == *" s1redis"* ]] && start_redis
-log "upstream nginx on :$UP_HTTP (http) :$UP_HTTPS (https); proxies: portcullis :$P_PORT nginx :$N_PORT haproxy :$H_PORT"
+log "upstream nginx on :$UP_HTTP (http) :$UP_HTTPS (https); proxies: portcullis :$P_PORT nginx :$N_PORT haproxy :$H_PORT caddy :$C_PORT pingap :$G_PORT"
 
 for s in $SCENARIOS; do
     [ "$s" = mem ] && continue
@@ -57,14 +88,13 @@ for s in $SCENARIOS; do
     meta "loadavg_$s" "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
     read -r -a systems <<<"$(scenario_systems "$s")"
     [ "${#systems[@]}" -eq 0 ] && { log "$s: none of the systems asked for can run it: skipped"; continue; }
-    for sys in portcullis nginx haproxy; do
-        [[ " ${systems[*]} " == *" $sys "* ]] && start_system "$sys" "$mode"
+    for sys in "${PROXIES[@]}"; do
+        has "$sys" "${systems[@]}" && start_system "$sys" "$mode"
     done
     # Smoke: every system answers 2xx before anything is measured.
     for sys in "${systems[@]}"; do
         # shellcheck disable=SC2046
-        smoke=$(taskset -c "$CCPU" "$PCLOAD" run --addr "127.0.0.1:$(target_port "$s" "$sys")" \
-            --duration 0.3 --warmup 0 $(client_args "$s" "$sys" | sed 's/--conns [0-9]*/--conns 2/'))
+        smoke=$(taskset -c "$CCPU" $(client_cmd "$s" "$sys" 0.3 0 2))
         python3 -c 'import json,sys; r=json.loads(sys.argv[1]); sys.exit(0 if r["requests"]>0 and r["errors"]==0 else 1)' "$smoke" ||
             die "$s: $sys does not answer 2xx: $smoke"
     done
@@ -78,25 +108,44 @@ for s in $SCENARIOS; do
     stop_systems
 done
 
+# Memory: RSS idle, then with MEM_CONNS idle keep-alive connections, each having made one request
+# (HTTP: S1's configuration; TLS: S2's, a full handshake per connection), sampled 1 s after the
+# last one is open.
+mem_held() { # system proto
+    local sys=$1 proto=$2 mode=http tls="" pid idle held opened failed hpid
+    [ "$proto" = tls ] && mode=https tls="--tls --sni proxy.bench.test"
+    start_system "$sys" "$mode"
+    pid=${SYS_PID[$sys]}
+    sleep 1
+    idle=$(status_kb "$pid" VmRSS)
+    # shellcheck disable=SC2086
+    taskset -c "$CCPU" "$PCLOAD" hold --addr "127.0.0.1:${PORT[$sys]}" $tls --conns "$MEM_CONNS" --hold 3 \
+        >"$RUN/hold-$sys-$proto.out" 2>&1 &
+    hpid=$!
+    for _ in $(seq 1800); do
+        grep -q '^ready' "$RUN/hold-$sys-$proto.out" && break
+        kill -0 "$hpid" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 1
+    held=$(status_kb "$pid" VmRSS)
+    opened=$(sed -n 's/^ready open=\([0-9]*\).*/\1/p' "$RUN/hold-$sys-$proto.out")
+    failed=$(sed -n 's/^ready open=[0-9]* failed=\([0-9]*\).*/\1/p' "$RUN/hold-$sys-$proto.out")
+    wait "$hpid" || true
+    echo "{\"kind\":\"mem\",\"system\":\"$sys\",\"proto\":\"$proto\",\"conns\":$MEM_CONNS,\"idle_rss_kib\":$idle,\"held_rss_kib\":$held,\"conns_open\":${opened:-0},\"conns_failed\":${failed:-0}}" >>"$RESULTS"
+    log "memory $sys $proto: idle $((idle / 1024)) MiB, $MEM_CONNS keep-alive connections (${opened:-0} open, ${failed:-0} failed) $((held / 1024)) MiB: $(((held - idle) * 1024 / MEM_CONNS)) bytes per connection"
+    stop_pid "$pid"
+    SYS_PID[$sys]=""
+}
 if [[ " $SCENARIOS " == *" mem "* ]]; then
     meta loadavg_mem "\"$(cut -d' ' -f1-3 /proc/loadavg)\""
-    for sys in portcullis nginx haproxy; do
-        start_system "$sys" http
-        pid=${SYS_PID[$sys]}
-        sleep 1
-        idle=$(status_kb "$pid" VmRSS)
-        taskset -c "$CCPU" "$PCLOAD" hold --addr "127.0.0.1:${PORT[$sys]}" --conns 1000 --hold 3 >"$RUN/hold-$sys.out" 2>&1 &
-        hpid=$!
-        for _ in $(seq 300); do grep -q '^ready' "$RUN/hold-$sys.out" && break; sleep 0.1; done
-        sleep 1
-        held=$(status_kb "$pid" VmRSS)
-        opened=$(sed -n 's/^ready open=\([0-9]*\).*/\1/p' "$RUN/hold-$sys.out")
-        wait "$hpid" || true
-        echo "{\"kind\":\"mem\",\"system\":\"$sys\",\"idle_rss_kib\":$idle,\"conns_1000_rss_kib\":$held,\"conns_open\":${opened:-0}}" >>"$RESULTS"
-        log "memory $sys: idle $((idle / 1024)) MiB, 1,000 keep-alive connections ($opened open) $((held / 1024)) MiB"
-        stop_pid "$pid"
-        SYS_PID[$sys]=""
+    for sys in "${PROXIES[@]}"; do
+        has "$sys" "${SYSTEMS[@]}" || continue
+        mem_held "$sys" http
+        mem_held "$sys" tls
     done
+fi
+if [[ " $SCENARIOS " == *" mem "* ]] && has portcullis "${SYSTEMS[@]}"; then
     # Portcullis with 10,000 routes and 1,000 certificates.
     big=$RUN/portcullis-big
     read -r BIG_HTTP BIG_HTTPS <<<"$("$PCLOAD" ports 2)"
