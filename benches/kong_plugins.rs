@@ -138,6 +138,9 @@ services:
   - name: opentelemetry
     paths: [/opentelemetry]
     plugins: [{name: opentelemetry, config: {traces_endpoint: "http://127.0.0.1:9/v1/traces"}}]
+  - name: zipkin
+    paths: [/zipkin]
+    plugins: [{name: zipkin, config: {http_endpoint: "http://127.0.0.1:9/api/v2/spans", sample_ratio: 1}}]
   - name: http-log
     paths: [/http-log]
     plugins: [{name: http-log, config: {http_endpoint: "http://127.0.0.1:9/logs"}}]
@@ -195,6 +198,7 @@ async fn request(
         let entry = LogEntry {
             method: view.method,
             uri: view.uri,
+            version: http::Version::HTTP_11,
             host: "api.bench.test",
             request_headers: view.headers,
             response_headers: Some(&resp.0),

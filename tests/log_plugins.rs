@@ -5,127 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
-/// A request an HTTP log receiver got.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-/// A minimal HTTP/1.1 server that records every request and answers 500 to the first `fail`
-/// ones, 200 after.
-struct Receiver {
-    port: u16,
-    got: Arc<Mutex<Vec<Received>>>,
-    answered: Arc<AtomicUsize>,
-}
-
-impl Receiver {
-    fn start(fail: usize) -> Receiver {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let answered = Arc::new(AtomicUsize::new(0));
-        let (g, a) = (got.clone(), answered.clone());
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(conn) = conn else { return };
-                let (g, a) = (g.clone(), a.clone());
-                std::thread::spawn(move || serve(conn, g, a, fail));
-            }
-        });
-        Receiver {
-            port,
-            got,
-            answered,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/logs", self.port)
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-fn serve(
-    conn: std::net::TcpStream,
-    got: Arc<Mutex<Vec<Received>>>,
-    answered: Arc<AtomicUsize>,
-    fail: usize,
-) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut writer = conn;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        let mut headers = Vec::new();
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
-                if k == "content-length" {
-                    len = v.parse().unwrap_or(0);
-                }
-                headers.push((k, v));
-            }
-        }
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        got.lock().unwrap().push(Received {
-            method,
-            path,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        });
-        let n = answered.fetch_add(1, Ordering::SeqCst);
-        let status = if n < fail {
-            "500 Internal Server Error"
-        } else {
-            "200 OK"
-        };
-        let _ = writer
-            .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok").as_bytes());
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn bodies(r: &Receiver, from: usize) -> Vec<Value> {
+fn bodies(r: &HttpReceiver, from: usize) -> Vec<Value> {
     r.received()[from..]
         .iter()
         .flat_map(|x| match serde_json::from_str::<Value>(&x.body).unwrap() {
@@ -228,12 +115,12 @@ fn file_log_writes_kong_records_and_reopens_after_rotation() {
 #[test]
 fn http_log_batches_sends_headers_and_retries_after_errors() {
     let echo = HttpEcho::start("echo");
-    let recv = Receiver::start(2);
+    let recv = HttpReceiver::start(2);
     let gw = gateway(
         &echo,
         &format!(
             "    - name: http-log\n      config:\n        http_endpoint: {}\n        method: PUT\n        headers:\n          X-Log-Token: abc\n        queue:\n          max_batch_size: 3\n          max_coalescing_delay: 0.5\n          initial_retry_delay: 0.05\n",
-            recv.url()
+            recv.url("/logs")
         ),
     );
     for i in 0..3 {
@@ -258,32 +145,25 @@ fn http_log_batches_sends_headers_and_retries_after_errors() {
     let last = &got[2];
     assert_eq!(last.method, "PUT");
     assert_eq!(last.path, "/logs");
-    let h = |n: &str| {
-        last.headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-    };
-    assert_eq!(h("x-log-token"), Some("abc"));
-    assert_eq!(h("content-type"), Some("application/json"));
+    assert_eq!(last.header("x-log-token"), Some("abc"));
+    assert_eq!(last.header("content-type"), Some("application/json"));
     let batch: Value = serde_json::from_str(&last.body).unwrap();
     let arr = batch.as_array().expect("a batch is a JSON array");
     assert_eq!(arr.len(), 3);
     for rec in arr {
         assert_kong_record(rec, "/logged/");
     }
-    let _ = recv.answered.load(Ordering::SeqCst);
 }
 
 #[test]
 fn http_log_single_entries_are_objects_and_sigterm_flushes_the_queue() {
     let echo = HttpEcho::start("echo");
-    let recv = Receiver::start(0);
+    let recv = HttpReceiver::start(0);
     let mut gw = gateway(
         &echo,
         &format!(
             "    - name: http-log\n      config:\n        http_endpoint: {}\n",
-            recv.url()
+            recv.url("/logs")
         ),
     );
     assert_eq!(
@@ -301,12 +181,12 @@ fn http_log_single_entries_are_objects_and_sigterm_flushes_the_queue() {
     drop(gw);
 
     // A long coalescing delay holds records back; SIGTERM sends them.
-    let recv = Receiver::start(0);
+    let recv = HttpReceiver::start(0);
     gw = gateway(
         &echo,
         &format!(
             "    - name: http-log\n      config:\n        http_endpoint: {}\n        queue:\n          max_batch_size: 100\n          max_coalescing_delay: 3600\n",
-            recv.url()
+            recv.url("/logs")
         ),
     );
     for i in 0..4 {

@@ -9,7 +9,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -105,14 +105,6 @@ impl Drop for Receiver {
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A route `/traced` with the plugin configured by `config` (YAML lines at 8 spaces).
 fn gateway(echo: &HttpEcho, config: &str) -> Gateway {
     Gateway::start(&format!(
@@ -183,6 +175,7 @@ fn spans_continue_the_incoming_trace_with_kongs_tree_resource_and_headers() {
     );
     assert_eq!(attr(root, "http.host")["stringValue"], "example.com");
     assert_eq!(attr(root, "http.scheme")["stringValue"], "http");
+    assert_eq!(attr(root, "http.flavor")["stringValue"], "1.1");
     assert_eq!(attr(root, "http.status_code")["intValue"], "200");
     assert_eq!(attr(root, "http.route")["stringValue"], "/traced");
     assert_eq!(attr(root, "net.peer.ip")["stringValue"], "127.0.0.1");

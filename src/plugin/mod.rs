@@ -44,6 +44,7 @@ pub fn registry() -> &'static Registry {
             Box::new(portcullis_proxy_cache::Factory),
             Box::new(portcullis_session::Factory),
             Box::new(portcullis_opentelemetry::OpenTelemetryFactory),
+            Box::new(portcullis_zipkin::ZipkinFactory),
             Box::new(portcullis_acme::Factory),
         ])
     })

@@ -340,10 +340,9 @@ impl ProxyHttp for GatewayProxy {
         ctx.plugin.tls = self.tls;
         ctx.plugin.sni = sni;
         ctx.plugin.client_certificate = client_cert;
-        ctx.peer_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let peer = session.client_addr().and_then(|a| a.as_inet());
+        ctx.peer_ip = peer.map(|a| a.ip());
+        ctx.plugin.client_port = peer.map(|a| a.port());
         // Plugins (ip-restriction, rate-limiting by ip, load balancing on ip) see the client a
         // trusted proxy reported, as Kong's `kong.client.get_forwarded_ip()` does.
         ctx.plugin.client_ip = ctx.peer_ip.map(|peer| {

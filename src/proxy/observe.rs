@@ -19,6 +19,7 @@ pub(super) fn observe(tls: bool, session: &mut Session, e: Option<&Error>, ctx: 
             let entry = LogEntry {
                 method: &req.method,
                 uri: &req.uri,
+                version: req.version,
                 host: ctx.original_host.as_deref().unwrap_or(""),
                 request_headers: &req.headers,
                 response_headers: session.response_written().map(|r| &r.headers),

@@ -10,6 +10,7 @@ pub mod client;
 pub mod gateway;
 pub mod metrics;
 pub mod pki;
+pub mod receiver;
 pub mod upstream;
 
 #[allow(unused_imports)]
@@ -18,6 +19,8 @@ pub use client::{http_get, raw_exchange, raw_request, s_client, Curl, Response, 
 pub use gateway::{check, check_dir, CheckOutput, ConfDir, Gateway, GatewayBuilder, Ports};
 #[allow(unused_imports)]
 pub use pki::{dn_string, indent, serial_hex, Leaf, LeafSpec, Pki, Usage, Validity};
+#[allow(unused_imports)]
+pub use receiver::{wait_until, HttpReceiver, Received};
 #[allow(unused_imports)]
 pub use upstream::{closed_port, ClientAuth, HttpEcho, HttpsEcho, TlsBackend};
 

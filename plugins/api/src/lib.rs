@@ -234,6 +234,9 @@ pub fn chain_sha256(chain_der: &[Vec<u8>]) -> [u8; 32] {
 pub struct RequestCtx {
     pub request_id: String,
     pub client_ip: Option<IpAddr>,
+    /// The port of the connection's peer (Kong's `kong.client.get_forwarded_port()`, which is
+    /// nginx's `$remote_port`).
+    pub client_port: Option<u16>,
     /// Whether the downstream connection is TLS.
     pub tls: bool,
     pub sni: Option<String>,
@@ -619,6 +622,8 @@ pub struct Try {
 pub struct LogEntry<'a> {
     pub method: &'a http::Method,
     pub uri: &'a http::Uri,
+    /// The HTTP version the client spoke.
+    pub version: http::Version,
     /// The Host the client sent.
     pub host: &'a str,
     pub request_headers: &'a http::HeaderMap,

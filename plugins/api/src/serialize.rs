@@ -391,6 +391,7 @@ mod tests {
         let entry = LogEntry {
             method: &http::Method::GET,
             uri: &uri,
+            version: http::Version::HTTP_11,
             host: "h.test",
             request_headers: &headers,
             response_headers: None,

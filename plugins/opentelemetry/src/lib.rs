@@ -12,9 +12,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod config;
-mod propagation;
 
-use config::{Inject, Propagation};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
@@ -28,9 +26,11 @@ use portcullis_plugin_api::{
     async_trait, parse_config, BuildContext, ConfigError, Flow, LogEntry, Phases, Plugin,
     PluginFactory, RequestCtx, RequestView, ResponseHead,
 };
-use propagation::{Extracted, Format, InjectCtx};
+use portcullis_tracing_common::config::{check_header_name, endpoint, timeout};
+use portcullis_tracing_common::{host_without_port, random_bytes, request_end, to_hex};
+use portcullis_tracing_common::{InjectCtx, Propagation};
 use prost::Message;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const NAME: &str = "opentelemetry";
@@ -55,8 +55,7 @@ struct TraceCtx {
 }
 
 fn random_ids() -> ([u8; 16], [u8; 8], [u8; 8]) {
-    let mut b = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
+    let b = random_bytes::<32>();
     let mut t = [0u8; 16];
     let mut s1 = [0u8; 8];
     let mut s2 = [0u8; 8];
@@ -66,45 +65,21 @@ fn random_ids() -> ([u8; 16], [u8; 8], [u8; 8]) {
     (t, s1, s2)
 }
 
-/// A process-wide id for `service.instance.id` (Kong's node id).
-fn instance_id() -> &'static str {
-    static ID: OnceLock<String> = OnceLock::new();
-    ID.get_or_init(|| {
-        let (t, _, _) = random_ids();
-        let h = propagation::to_hex(&t);
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        )
-    })
-}
-
-/// When the request ended: its start plus its latency.
-fn request_end(entry: &LogEntry<'_>) -> SystemTime {
-    Duration::try_from_secs_f64(entry.latency)
-        .ok()
-        .and_then(|d| entry.started_at.checked_add(d))
-        .unwrap_or(entry.started_at)
-}
-
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
 
-/// nginx's `$host`: the Host header without its port.
-fn host_without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map_or(host, |i| &host[..=i]);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
+/// Kong's `string.format("%.1f", ngx.req.http_version())`.
+fn http_flavor(v: portcullis_plugin_api::http::Version) -> &'static str {
+    use portcullis_plugin_api::http::Version;
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2.0",
+        Version::HTTP_3 => "3.0",
+        _ => "1.1",
     }
 }
 
@@ -219,19 +194,6 @@ struct OpenTelemetry {
 
 pub struct OpenTelemetryFactory;
 
-fn endpoint(url: &str, field: &str, errors: &mut Vec<ConfigError>) -> Option<reqwest::Url> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
-        _ => {
-            errors.push(ConfigError::new(
-                field,
-                "missing host in url (an http:// or https:// URL)",
-            ));
-            None
-        }
-    }
-}
-
 impl PluginFactory for OpenTelemetryFactory {
     fn name(&self) -> &'static str {
         NAME
@@ -291,7 +253,10 @@ impl PluginFactory for OpenTelemetryFactory {
         // Kong's defaults, overridden by the configured attributes.
         let mut attrs = std::collections::BTreeMap::new();
         attrs.insert("service.name".to_string(), "kong".to_string());
-        attrs.insert("service.instance.id".to_string(), instance_id().to_string());
+        attrs.insert(
+            "service.instance.id".to_string(),
+            portcullis_tracing_common::node_id().to_string(),
+        );
         attrs.insert(
             "service.version".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
@@ -321,9 +286,9 @@ impl PluginFactory for OpenTelemetryFactory {
             attributes: attrs.into_iter().map(|(k, v)| kv(&k, s(v))).collect(),
             ..Default::default()
         };
-        let connect = config::timeout(c.connect_timeout, 1000, "connect_timeout", &mut errors);
-        let send = config::timeout(c.send_timeout, 5000, "send_timeout", &mut errors);
-        let read = config::timeout(c.read_timeout, 5000, "read_timeout", &mut errors);
+        let connect = timeout(c.connect_timeout, 1000, "connect_timeout", &mut errors);
+        let send = timeout(c.send_timeout, 5000, "send_timeout", &mut errors);
+        let read = timeout(c.read_timeout, 5000, "read_timeout", &mut errors);
         let sampling_rate = match c.sampling_rate {
             None => 1.0,
             Some(r) if (0.0..=1.0).contains(&r) => r,
@@ -335,31 +300,14 @@ impl PluginFactory for OpenTelemetryFactory {
                 1.0
             }
         };
-        if let Some(h) = &c.http_response_header_for_traceid {
-            if portcullis_plugin_api::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                errors.push(ConfigError::new(
-                    "http_response_header_for_traceid",
-                    "invalid header name",
-                ));
-            }
-        }
+        check_header_name(
+            c.http_response_header_for_traceid.as_deref(),
+            "http_response_header_for_traceid",
+            &mut errors,
+        );
         let propagation = c.propagation(&mut errors);
         let queue = c.queue(&mut errors);
-        for f in propagation
-            .extract
-            .iter()
-            .chain(propagation.inject.iter().filter_map(|i| match i {
-                Inject::Format(f) => Some(f),
-                Inject::Preserve => None,
-            }))
-            .filter(|f| !f.supported())
-        {
-            tracing::warn!(
-                plugin = NAME,
-                format = f.name(),
-                "this propagation format is not implemented: its headers are neither read nor written"
-            );
-        }
+        propagation.warn_unsupported(NAME);
         if c.header_type.as_deref().is_some_and(|h| h != "preserve") {
             tracing::warn!("opentelemetry: config.header_type is deprecated, please use config.propagation options instead");
         }
@@ -403,7 +351,7 @@ impl OpenTelemetry {
             root_span_id,
             root_parent: None,
             balancer_span_id,
-            sampled: propagation::sample(&trace_id, self.sampling_rate),
+            sampled: portcullis_tracing_common::sample(&trace_id, self.sampling_rate),
         }
     }
 
@@ -433,6 +381,7 @@ impl OpenTelemetry {
             ),
             kv("http.host", s(host)),
             kv("http.scheme", s(entry.scheme)),
+            kv("http.flavor", s(http_flavor(entry.version))),
             kv("http.client_ip", s(client_ip.clone())),
             kv("net.peer.ip", s(client_ip)),
             kv("kong.request.id", s(ctx.request_id.clone())),
@@ -611,19 +560,14 @@ impl Plugin for OpenTelemetry {
     }
 
     async fn access(&self, req: &RequestView<'_>, ctx: &mut RequestCtx) -> Flow {
-        let p = &self.propagation;
-        let found = propagation::extract(&p.extract, req.headers);
-        let (from, ext) = match found {
-            Some((f, e)) => (Some(f), e),
-            None => (None, Extracted::default()),
-        };
+        let (from, ext) = self.propagation.extract(req.headers);
         let (new_trace, root_span_id, balancer_span_id) = random_ids();
         let trace_id = ext.trace_id.unwrap_or(new_trace);
         // Kong's get_sampling_decision: a caller that said "not sampled" is obeyed; otherwise
         // the ratio sampler decides on the (possibly inherited) trace id.
         let sampled = match ext.sampled {
             Some(false) => false,
-            _ => propagation::sample(&trace_id, self.sampling_rate),
+            _ => portcullis_tracing_common::sample(&trace_id, self.sampling_rate),
         };
         let t = TraceCtx {
             trace_id,
@@ -632,9 +576,6 @@ impl Plugin for OpenTelemetry {
             balancer_span_id,
             sampled,
         };
-        for h in &p.clear {
-            ctx.remove_upstream_header(h);
-        }
         let inject = InjectCtx {
             trace_id,
             trace_id_len: ext.trace_id.and(ext.trace_id_len),
@@ -643,18 +584,7 @@ impl Plugin for OpenTelemetry {
             sampled,
             b3_debug: ext.b3_debug,
         };
-        for i in &p.inject {
-            let format = match i {
-                Inject::Format(f) => *f,
-                Inject::Preserve => match from.unwrap_or(p.default_format) {
-                    Format::B3 if ext.single_header => Format::B3Single,
-                    f => f,
-                },
-            };
-            for (name, value) in propagation::inject(format, &inject) {
-                ctx.set_upstream_header(name, &value);
-            }
-        }
+        self.propagation.propagate(from, &ext, &inject, ctx);
         ctx.extensions.insert(t);
         Flow::Continue
     }
@@ -671,7 +601,7 @@ impl Plugin for OpenTelemetry {
                 t
             }
         };
-        resp.headers.append(name, &propagation::to_hex(&t.trace_id));
+        resp.headers.append(name, &to_hex(&t.trace_id));
     }
 
     fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
@@ -708,6 +638,7 @@ impl Plugin for OpenTelemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_tracing_common::{Format, Inject};
     use serde_json::json;
 
     fn build(config: serde_json::Value) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {

@@ -61,6 +61,12 @@ impl Format {
         }
     }
 
+    /// Kong's `reuse_span_id`: the format's span is shared by caller and receiver (B3's span
+    /// id, with `parent_id` above it), rather than being the receiver's parent.
+    pub fn reuses_span_id(self) -> bool {
+        matches!(self, Format::B3 | Format::B3Single | Format::Jaeger)
+    }
+
     /// The formats implemented here; the others are accepted in the config and skipped.
     pub fn supported(self) -> bool {
         matches!(
