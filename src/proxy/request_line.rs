@@ -26,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Longest line kept for comparison: nginx answers 414 beyond its 8 KiB header buffers.
 const MAX_LINE: usize = 8 * 1024;
+/// Line buffer capacity kept between lines.
+const LINE_KEPT: usize = 512;
 /// Malformed request lines remembered per connection; beyond that every later request line
 /// with an escape is refused (a client sending that many is not a client to serve).
 const MAX_SEEN: usize = 8;
@@ -148,6 +150,11 @@ impl Lines {
             }
         }
         self.line.clear();
+        // An idle keep-alive connection keeps this buffer: a long Cookie line must not pin its
+        // kilobytes on every connection a browser leaves open.
+        if self.line.capacity() > LINE_KEPT {
+            self.line = Vec::new();
+        }
     }
 }
 
@@ -358,6 +365,17 @@ mod tests {
         assert_eq!(l.seen, whole.seen);
         assert_eq!(l.poisoned, whole.poisoned);
         whole
+    }
+
+    #[test]
+    fn a_long_header_line_does_not_pin_its_buffer() {
+        let mut cookie = b"Cookie: ".to_vec();
+        cookie.extend(std::iter::repeat_n(b'c', 4000));
+        cookie.extend_from_slice(b"\r\n\r\n");
+        let l = seen(&cookie);
+        assert!(l.line.capacity() <= LINE_KEPT, "{}", l.line.capacity());
+        let l = seen(b"Host: x\r\n");
+        assert!(l.line.capacity() > 0, "short lines keep their buffer");
     }
 
     #[test]

@@ -176,13 +176,16 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
                     listener: l.address.clone(),
                 },
             ));
-            // OpenSSL reads a record's header and body separately: a buffer of one full record
-            // keeps that to one read per record, without Pingora's default of 64 KiB zeroed for
-            // every accepted connection.
+            // OpenSSL reads a record's header and body separately. With read-ahead it reads
+            // whatever has arrived into its own buffer, which it frees when empty
+            // (SSL_MODE_RELEASE_BUFFERS, set by Mozilla's profile): one read per burst like a
+            // buffer underneath would give, without that buffer's 20 KiB held by every idle
+            // keep-alive connection (measured: 70.8 → 50.4 KiB per idle TLS connection).
+            tls.set_read_ahead(true);
             svc.add_listener(
                 ListenerConfig::tcp(l.address.as_str())
                     .tls(tls)
-                    .l4_buffer(read_buffer(TLS_RECORD_BUFFER)),
+                    .l4_buffer(read_buffer(0)),
             );
         } else {
             // Pingora's HTTP/1 code reads into its own buffers; a read buffer underneath only
@@ -301,9 +304,6 @@ fn raise_fd_limit(config: &Config) {
         );
     }
 }
-
-/// A full TLS record: 16 KiB of plaintext plus the largest header, padding and tag.
-const TLS_RECORD_BUFFER: usize = 16 * 1024 + 256 + 5;
 
 /// Listener buffers: `read` bytes of read buffer (0: unbuffered), Pingora's default write
 /// buffer (one MSS, which coalesces a response's header and short body into one send).
