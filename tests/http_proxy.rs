@@ -866,3 +866,58 @@ fn oversized_headers_are_refused_with_431_and_never_forwarded() {
         .run();
     assert_eq!(ok.status, 200);
 }
+
+/// Kong's default `upstream_keepalive_pool_size` (512), not Pingora's 128: a burst of 300
+/// concurrent requests after another reuses the first burst's upstream connections instead of
+/// opening ~170 new ones (each a connect and, over TLS, a handshake).
+#[test]
+fn upstream_pool_keeps_a_burst_of_300_connections() {
+    use std::io::{Read, Write};
+    let echo = HttpEcho::start_with_delay("pool", Duration::from_millis(400));
+    let gw = Gateway::start(&format!(
+        r#"
+services:
+- name: pool
+  url: {echo}
+  routes:
+  - name: pool
+    paths: [/pool]
+"#,
+        echo = echo.url(),
+    ));
+    let port = gw.http_port();
+    let burst = || {
+        let threads: Vec<_> = (0..300)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                    c.set_read_timeout(Some(Duration::from_secs(20)))
+                        .expect("timeout");
+                    c.write_all(b"GET /pool HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n")
+                        .expect("write");
+                    let mut out = Vec::new();
+                    c.read_to_end(&mut out).expect("read");
+                    String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("client thread"))
+            .filter(|ok| *ok)
+            .count()
+    };
+    assert_eq!(burst(), 300, "first burst");
+    let first = echo.connections();
+    assert!(
+        first >= 250,
+        "the first burst should need ~300 upstream connections, got {first}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(burst(), 300, "second burst");
+    let new = echo.connections() - first;
+    assert!(
+        new <= 30,
+        "the second burst opened {new} new upstream connections: the pool did not keep the first burst's {first}"
+    );
+}

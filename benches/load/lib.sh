@@ -404,8 +404,8 @@ nginx_conf() { # mode dir
     keepalive_timeout 60s;
     keepalive_requests 10000000;
     ssl_protocols TLSv1.2 TLSv1.3;
-    upstream up_http { server 127.0.0.1:$UP_HTTP; keepalive 256; keepalive_requests 10000000; }
-    upstream up_https { server 127.0.0.1:$UP_HTTPS; keepalive 256; keepalive_requests 10000000; }
+    upstream up_http { server 127.0.0.1:$UP_HTTP; keepalive 512; keepalive_requests 10000000; }
+    upstream up_https { server 127.0.0.1:$UP_HTTPS; keepalive 512; keepalive_requests 10000000; }
     map \$ssl_client_s_dn \$client_cn { ~(^|,)CN=(?<cn>[^,]+) \$cn; default \"\"; }"
     local headers="
             proxy_http_version 1.1;
@@ -646,7 +646,7 @@ EOF
 }
 
 # pingap 0.16 (Pingora 0.8-based): one worker thread without work stealing, no access log
-# (none unless `access_log` is set), 256 pooled upstream connections, the same certificate.
+# (none unless `access_log` is set), 512 pooled upstream connections, the same certificate.
 # `enable_reverse_proxy_headers` adds X-Real-IP, X-Forwarded-For/-Proto/-Host/-Port; the
 # request_id plugin sets X-Request-Id upstream and response_headers copies it to the response.
 # S3: `tls_client_ca` verifies the client certificate (require), but pingap has no way to refuse
@@ -678,7 +678,7 @@ upgrade_sock = "$d/upgrade.sock"
 threads = 1
 work_stealing = false
 log_level = "warn"
-upstream_keepalive_pool_size = 256
+upstream_keepalive_pool_size = 512
 # Stopped between scenarios with SIGTERM: no graceful drain of 5 minutes.
 grace_period = "0s"
 graceful_shutdown_timeout = "1s"

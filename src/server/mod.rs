@@ -94,6 +94,10 @@ pub fn run(conf_dir: PathBuf, config: Arc<Config>, upgrade: bool) -> anyhow::Res
     let s = &config.server;
     conf.threads = s.threads;
     conf.work_stealing = false;
+    // Kong's default `upstream_keepalive_pool_size`. Pingora's 128 is below the concurrency of a
+    // single busy HTTP/2 client (100 streams per connection): past it every request closed its
+    // upstream connection and the next one connected anew (S6 in BENCHMARKS.md).
+    conf.upstream_keepalive_pool_size = UPSTREAM_KEEPALIVE_POOL;
     // On SIGTERM (and after handing sockets over on SIGQUIT) Pingora stops accepting, sleeps
     // `grace_period_seconds` while in-flight requests finish, then shuts its runtimes down with
     // `graceful_shutdown_timeout_seconds` — and that shutdown drops whatever is still running.
@@ -304,6 +308,9 @@ fn raise_fd_limit(config: &Config) {
         );
     }
 }
+
+/// Idle upstream connections kept, all upstreams together (Kong: 512 per pool).
+const UPSTREAM_KEEPALIVE_POOL: usize = 512;
 
 /// Listener buffers: `read` bytes of read buffer (0: unbuffered), Pingora's default write
 /// buffer (one MSS, which coalesces a response's header and short body into one send).
