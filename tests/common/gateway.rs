@@ -87,11 +87,9 @@ pub struct Ports {
 #[allow(dead_code)]
 impl Ports {
     pub fn new() -> Ports {
-        // Held together until all four are known, so the kernel cannot hand the same ephemeral
-        // port out twice (seen under a loaded parallel run: "address already used by ...").
-        let held: Vec<std::net::TcpListener> = (0..4)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-            .collect();
+        // Held together until all four are known, so no two are the same port; below the
+        // ephemeral range, so no outgoing connection takes one before the gateway binds it.
+        let held: Vec<std::net::TcpListener> = (0..4).map(|_| super::reserve_listener()).collect();
         let port = |i: usize| held[i].local_addr().expect("local addr").port();
         Ports {
             http: port(0),

@@ -27,12 +27,31 @@ pub use upstream::{closed_port, ClientAuth, HttpEcho, HttpsEcho, TlsBackend};
 use std::net::TcpListener;
 use std::path::PathBuf;
 
+/// A listener on 127.0.0.1 at a port below the kernel's ephemeral range (32768–60999 here), for
+/// ports handed to a process that binds them a moment later. A port from `127.0.0.1:0` comes from
+/// the ephemeral range, where any outgoing connection of a parallel test may take it as its
+/// source port in that moment ("Address already in use" under a suite that opens hundreds of
+/// connections); below the range only another listener can.
+pub fn reserve_listener() -> TcpListener {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    for attempt in 0u64..2000 {
+        let mut h = state.build_hasher();
+        h.write_u64(attempt);
+        let port = 10_000 + (h.finish() % 22_000) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l;
+        }
+    }
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (the listener is dropped before returning).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+    reserve_listener()
+        .local_addr()
         .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+        .expect("local addr")
 }
 
 /// `N` distinct free ports: the listeners are held together until all are known, so the kernel
@@ -42,7 +61,7 @@ pub fn free_ports<const N: usize>(taken: &[u16]) -> [u16; N] {
     let mut out = [0u16; N];
     let mut n = 0;
     while n < N {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let l = reserve_listener();
         let port = l.local_addr().expect("local addr").port();
         held.push(l);
         if !taken.contains(&port) {
