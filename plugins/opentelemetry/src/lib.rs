@@ -26,7 +26,7 @@ use portcullis_plugin_api::{
     async_trait, parse_config, BuildContext, ConfigError, Flow, LogEntry, Phases, Plugin,
     PluginFactory, RequestCtx, RequestView, ResponseHead,
 };
-use portcullis_tracing_common::config::{check_header_name, endpoint, timeout};
+use portcullis_tracing_common::config::{check_header_name, endpoint, exporter_client, timeout};
 use portcullis_tracing_common::{host_without_port, random_bytes, request_end, to_hex};
 use portcullis_tracing_common::{InjectCtx, Propagation};
 use prost::Message;
@@ -314,16 +314,7 @@ impl PluginFactory for OpenTelemetryFactory {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect.max(Duration::from_millis(1)))
-            .timeout((send + read).max(Duration::from_millis(1)))
-            .build()
-            .map_err(|e| {
-                vec![ConfigError::new(
-                    "",
-                    format!("cannot build the HTTP client: {e}"),
-                )]
-            })?;
+        let client = exporter_client(connect, send + read)?;
         let exporter = |url: reqwest::Url| Exporter {
             client: client.clone(),
             url,

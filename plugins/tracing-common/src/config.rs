@@ -270,6 +270,25 @@ pub fn timeout(
 }
 
 /// An exporter's URL (Kong's `typedefs.url`, limited to what the client speaks).
+/// The exporters' HTTP client: Kong's `connect_timeout` for the connection, `send_timeout` +
+/// `read_timeout` for the whole exchange (reqwest has no separate send and read deadlines).
+pub fn exporter_client(
+    connect: std::time::Duration,
+    exchange: std::time::Duration,
+) -> Result<reqwest::Client, Vec<ConfigError>> {
+    let floor = std::time::Duration::from_millis(1);
+    reqwest::Client::builder()
+        .connect_timeout(connect.max(floor))
+        .timeout(exchange.max(floor))
+        .build()
+        .map_err(|e| {
+            vec![ConfigError::new(
+                "",
+                format!("cannot build the HTTP client: {e}"),
+            )]
+        })
+}
+
 pub fn endpoint(url: &str, field: &str, errors: &mut Vec<ConfigError>) -> Option<reqwest::Url> {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),

@@ -24,7 +24,7 @@ use portcullis_tracing_common::{random_bytes, random_unit, request_end, to_hex};
 use portcullis_tracing_common::{Extracted, Format, InjectCtx};
 use span::ZipkinSpan;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 pub const NAME: &str = "zipkin";
 /// Kong's PRIORITY for zipkin: first, so its timestamps are taken at the start of each phase.
@@ -117,16 +117,10 @@ impl PluginFactory for ZipkinFactory {
         let shipper = match &s.http_endpoint {
             None => None,
             Some(url) => {
-                let client = reqwest::Client::builder()
-                    .connect_timeout(s.connect_timeout.max(Duration::from_millis(1)))
-                    .timeout(s.exchange_timeout.max(Duration::from_millis(1)))
-                    .build()
-                    .map_err(|e| {
-                        vec![ConfigError::new(
-                            "",
-                            format!("cannot build the HTTP client: {e}"),
-                        )]
-                    })?;
+                let client = portcullis_tracing_common::config::exporter_client(
+                    s.connect_timeout,
+                    s.exchange_timeout,
+                )?;
                 let sink = ZipkinSink {
                     client,
                     url: url.clone(),

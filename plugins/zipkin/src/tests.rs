@@ -4,7 +4,7 @@ use portcullis_plugin_api::{Consumer, EntityInfo, Try};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 fn settings(config: Value) -> Settings {
     let c: config::Config = parse_config(&config).unwrap();
