@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 pub mod auth;
 pub mod background;
 pub mod credentials;
+pub mod json;
 mod registry;
 pub mod serialize;
 pub mod state;
@@ -281,7 +282,69 @@ pub struct RequestCtx {
     /// The gateway address the client connected to (Kong's `server_addr`/`server_port`).
     pub server_addr: Option<SocketAddr>,
     /// Typed per-request values (a plugin's own state between phases, or values for others).
-    pub extensions: http::Extensions,
+    pub extensions: Extensions,
+}
+
+/// Typed per-request values, one per type, with `http::Extensions`' methods. A request carries
+/// a handful at most, so a list searched linearly: `http::Extensions` (a boxed hash map) cost
+/// three allocations for the first value, this one allocation per value and one for the list.
+#[derive(Default)]
+pub struct Extensions {
+    items: Vec<(std::any::TypeId, Box<dyn std::any::Any + Send + Sync>)>,
+}
+
+impl Extensions {
+    /// Stores `value`, returning the value of its type stored before.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        let id = std::any::TypeId::of::<T>();
+        if let Some((_, slot)) = self.items.iter_mut().find(|(k, _)| *k == id) {
+            let old = std::mem::replace(slot, Box::new(value));
+            return old.downcast::<T>().ok().map(|b| *b);
+        }
+        if self.items.capacity() == 0 {
+            self.items.reserve_exact(4);
+        }
+        self.items.push((id, Box::new(value)));
+        None
+    }
+
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        let id = std::any::TypeId::of::<T>();
+        self.items
+            .iter()
+            .find(|(k, _)| *k == id)
+            .and_then(|(_, v)| v.downcast_ref())
+    }
+
+    pub fn get_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        let id = std::any::TypeId::of::<T>();
+        self.items
+            .iter_mut()
+            .find(|(k, _)| *k == id)
+            .and_then(|(_, v)| v.downcast_mut())
+    }
+
+    pub fn remove<T: 'static>(&mut self) -> Option<T> {
+        let id = std::any::TypeId::of::<T>();
+        let i = self.items.iter().position(|(k, _)| *k == id)?;
+        self.items.swap_remove(i).1.downcast::<T>().ok().map(|b| *b)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extensions")
+            .field("len", &self.items.len())
+            .finish()
+    }
 }
 
 /// The groups a regex route path captured, as Kong's router exposes them to plugins.
@@ -335,14 +398,21 @@ pub struct EntityInfo {
     /// The same, serialised once per configuration: log records splice the text in rather than
     /// serialising the entity per request.
     pub json_text: Box<serde_json::value::RawValue>,
+    /// `paths[0]` of a route (tracing's `http.route`), `host` of a service (`net.peer.name`):
+    /// read per request by the tracing plugins, so taken out of `json` once.
+    pub first_path: Option<String>,
+    pub host: Option<String>,
 }
 
 impl EntityInfo {
     pub fn new(id: String, name: Option<String>, json: serde_json::Value) -> Self {
         let json_text = serde_json::value::to_raw_value(&json).unwrap_or_else(|_| null_raw());
+        let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(String::from);
         EntityInfo {
             id,
             name,
+            first_path: text(json.get("paths").and_then(|p| p.get(0))),
+            host: text(json.get("host")),
             json,
             json_text,
         }
@@ -384,6 +454,14 @@ impl RequestCtx {
             self.upstream_headers_append.retain(|(n, _)| *n != name);
             self.upstream_headers.push((name, v));
         }
+    }
+
+    /// [`RequestCtx::set_upstream_header`] for a name and value already made (no parsing, no
+    /// copy).
+    pub fn set_upstream_header_value(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+        self.upstream_headers.retain(|(n, _)| *n != name);
+        self.upstream_headers_append.retain(|(n, _)| *n != name);
+        self.upstream_headers.push((name, value));
     }
 
     /// Append a header to the upstream request (keeping what is there).
@@ -861,6 +939,22 @@ mod tests {
         );
         assert_ne!(chain_sha256(&[b"abc".to_vec()]), ab_c);
         assert_eq!(ab_c, chain_sha256(&[b"ab".to_vec(), b"c".to_vec()]));
+    }
+
+    #[test]
+    fn extensions_hold_one_value_per_type() {
+        let mut e = Extensions::default();
+        assert!(e.is_empty());
+        assert_eq!(e.insert(1u32), None);
+        assert_eq!(e.insert("a".to_string()), None);
+        assert_eq!(e.insert(2u32), Some(1));
+        assert_eq!(e.len(), 2);
+        *e.get_mut::<String>().unwrap() += "b";
+        assert_eq!(e.get::<String>().map(String::as_str), Some("ab"));
+        assert_eq!(e.get::<u64>(), None);
+        assert_eq!(e.remove::<u32>(), Some(2));
+        assert_eq!(e.remove::<u32>(), None);
+        assert_eq!(e.get::<String>().map(String::as_str), Some("ab"));
     }
 
     #[test]

@@ -6,9 +6,8 @@
 //! [`RedactHeaders`] / [`RedactQuery`] extensions), because the quality bar is never to log a
 //! secret.
 
-use crate::{LogEntry, RequestCtx};
-use serde::{ser::SerializeMap, Serialize, Serializer};
-use serde_json::{value::RawValue, Value};
+use crate::{json, LogEntry, RequestCtx};
+use serde_json::Value;
 
 /// Request header names (lower case) whose values log records must not show, added by the
 /// plugins that read credentials from them (`apikey` for key-auth).
@@ -20,132 +19,133 @@ pub struct RedactHeaders(pub Vec<String>);
 pub struct RedactQuery(pub Vec<String>);
 
 const REDACTED: &str = "REDACTED";
-/// `Set-Cookie` too: a session cookie (the session plugin's, or the upstream's) is a bearer
-/// credential, as replayable from a log as the `Cookie` that carries it back.
-const ALWAYS_REDACTED: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-];
 
-/// A header map as Kong writes it: one string per name, a list when the name repeats.
-struct Headers<'a> {
-    /// `None` (no response sent) writes `{}`.
-    map: Option<&'a http::HeaderMap>,
-    redact: &'a [String],
+/// Whether the values of header `name` are hidden: always `Authorization`,
+/// `Proxy-Authorization` and `Cookie`, and `Set-Cookie` too (a session cookie, the session
+/// plugin's or the upstream's, is a bearer credential, as replayable from a log as the `Cookie`
+/// that carries it back); then what auth plugins listed.
+fn hidden(name: &http::HeaderName, redact: &[String]) -> bool {
+    use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, SET_COOKIE};
+    // Standard names compare as enum values, without looking at their text.
+    name == AUTHORIZATION
+        || name == PROXY_AUTHORIZATION
+        || name == COOKIE
+        || name == SET_COOKIE
+        || (!redact.is_empty() && redact.iter().any(|r| r == name.as_str()))
 }
 
-impl Headers<'_> {
-    /// Kong's `size` counts the head as `name: value\r\n` lines.
-    fn size(&self) -> usize {
-        self.map.map_or(0, |m| {
-            m.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
-        })
+fn header_value(out: &mut Vec<u8>, v: &http::HeaderValue, hidden: bool) {
+    out.push(b'"');
+    if hidden {
+        out.extend_from_slice(REDACTED.as_bytes());
+    } else {
+        json::escape_lossy(out, v.as_bytes());
     }
+    out.push(b'"');
 }
 
-/// One header name's values: the run of entries `HeaderMap::iter` yields for it.
-struct Values<'a> {
-    values: &'a [&'a http::HeaderValue],
-    hidden: bool,
-}
-
-impl<'a> Values<'a> {
-    fn text(&self, v: &'a http::HeaderValue) -> std::borrow::Cow<'a, str> {
-        if self.hidden {
-            std::borrow::Cow::Borrowed(REDACTED)
-        } else {
-            String::from_utf8_lossy(v.as_bytes())
-        }
-    }
-}
-
-impl Serialize for Values<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.values {
-            [one] => s.serialize_str(&self.text(one)),
-            many => s.collect_seq(many.iter().map(|v| self.text(v))),
-        }
-    }
-}
-
-impl Serialize for Headers<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let Some(map) = self.map else {
-            return s.serialize_map(Some(0))?.end();
-        };
-        let mut m = s.serialize_map(Some(map.keys_len()))?;
-        // `iter` yields each name's values together: grouping runs avoids a hash lookup per
-        // name (`get_all`).
+/// A header map as Kong writes it: one string per name, a list when the name repeats (`None`,
+/// no response sent, writes `{}`). Returns Kong's `size` of the head: `name: value\r\n` lines.
+fn headers(out: &mut Vec<u8>, map: Option<&http::HeaderMap>, redact: &[String]) -> usize {
+    let mut size = 0;
+    out.push(b'{');
+    if let Some(map) = map {
+        // `iter` yields each name's values together: a run is one entry, without a hash lookup
+        // per name (`get_all`).
         let mut iter = map.iter().peekable();
-        let mut run: Vec<&http::HeaderValue> = Vec::new();
+        let mut first = true;
         while let Some((name, value)) = iter.next() {
-            run.clear();
-            run.push(value);
-            while let Some((_, v)) = iter.next_if(|(n, _)| *n == name) {
-                run.push(v);
+            if !first {
+                out.push(b',');
             }
+            first = false;
             let n = name.as_str();
-            let hidden = ALWAYS_REDACTED.contains(&n) || self.redact.iter().any(|r| r == n);
-            m.serialize_entry(
-                n,
-                &Values {
-                    values: &run,
-                    hidden,
-                },
-            )?;
+            let hide = hidden(name, redact);
+            // Header names are tokens: nothing in them needs escaping.
+            json::key(out, n);
+            size += n.len() + value.len() + 4;
+            if iter.peek().is_some_and(|(next, _)| *next == name) {
+                out.push(b'[');
+                header_value(out, value, hide);
+                while let Some((_, v)) = iter.next_if(|(next, _)| *next == name) {
+                    out.push(b',');
+                    header_value(out, v, hide);
+                    size += n.len() + v.len() + 4;
+                }
+                out.push(b']');
+            } else {
+                header_value(out, value, hide);
+            }
         }
-        m.end()
     }
+    out.push(b'}');
+    size
 }
 
 /// Kong's `querystring`: each argument once, a list when it repeats, `true` without a value.
-struct Query<'a> {
-    query: &'a str,
-    redact: &'a [String],
-}
-
-impl Serialize for Query<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.query.is_empty() {
-            return s.serialize_map(Some(0))?.end();
-        }
-        // First-seen order, repeated arguments gathered: queries are short, a scan is cheaper
-        // than a map.
-        let mut args: Vec<(String, Vec<Value>)> = Vec::new();
-        for (k, v) in crate::query_args(self.query) {
-            let v = if self.redact.contains(&k) {
-                Value::from(REDACTED)
-            } else if v.is_empty() {
-                Value::Bool(true)
-            } else {
-                Value::from(v)
-            };
-            match args.iter_mut().find(|(n, _)| *n == k) {
-                Some((_, vs)) => vs.push(v),
-                None => args.push((k, vec![v])),
-            }
-        }
-        let mut m = s.serialize_map(Some(args.len()))?;
-        for (k, vs) in &args {
-            match vs.as_slice() {
-                [one] => m.serialize_entry(k, one)?,
-                many => m.serialize_entry(k, many)?,
-            }
-        }
-        m.end()
+fn querystring(out: &mut Vec<u8>, query: &str, redact: &[String]) {
+    if query.is_empty() {
+        out.extend_from_slice(b"{}");
+        return;
     }
+    enum Arg {
+        Text(String),
+        Flag,
+        Hidden,
+    }
+    // First-seen order, repeated arguments gathered: queries are short, a scan is cheaper than
+    // a map.
+    let mut args: Vec<(String, Vec<Arg>)> = Vec::new();
+    for (k, v) in crate::query_args(query) {
+        let v = if redact.contains(&k) {
+            Arg::Hidden
+        } else if v.is_empty() {
+            Arg::Flag
+        } else {
+            Arg::Text(v)
+        };
+        match args.iter_mut().find(|(n, _)| *n == k) {
+            Some((_, vs)) => vs.push(v),
+            None => args.push((k, vec![v])),
+        }
+    }
+    let one = |out: &mut Vec<u8>, a: &Arg| match a {
+        Arg::Text(t) => json::string(out, t),
+        Arg::Flag => out.extend_from_slice(b"true"),
+        Arg::Hidden => json::string(out, REDACTED),
+    };
+    out.push(b'{');
+    for (i, (k, vs)) in args.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::string(out, k);
+        out.push(b':');
+        match vs.as_slice() {
+            [a] => one(out, a),
+            many => {
+                out.push(b'[');
+                for (j, a) in many.iter().enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    one(out, a);
+                }
+                out.push(b']');
+            }
+        }
+    }
+    out.push(b'}');
 }
 
 /// `uri` with the values of the `redact` query arguments replaced by `REDACTED`.
 fn redact_uri<'a>(uri: &'a str, redact: &[String]) -> std::borrow::Cow<'a, str> {
-    let Some((path, query)) = uri.split_once('?') else {
-        return uri.into();
-    };
     if redact.is_empty() {
         return uri.into();
     }
+    let Some((path, query)) = uri.split_once('?') else {
+        return uri.into();
+    };
     let kept: Vec<String> = query
         .split('&')
         .map(|pair| {
@@ -160,101 +160,16 @@ fn redact_uri<'a>(uri: &'a str, redact: &[String]) -> std::borrow::Cow<'a, str> 
     format!("{path}?{}", kept.join("&")).into()
 }
 
-#[derive(Serialize)]
-struct Record<'a> {
-    request: Request<'a>,
-    upstream_uri: std::borrow::Cow<'a, str>,
-    response: Response<'a>,
-    tries: Tries<'a>,
-    latencies: Latencies,
-    client_ip: Option<std::net::IpAddr>,
-    started_at: u64,
-    source: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    route: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    consumer: Option<ConsumerRecord<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    authenticated_entity: Option<Entity<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-    /// correlation-id's `kong.log.set_serialize_value("correlation_id", …)`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    correlation_id: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Request<'a> {
-    uri: &'a str,
-    url: String,
-    querystring: Query<'a>,
-    method: &'a str,
-    headers: Headers<'a>,
-    size: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls: Option<Tls<'a>>,
-}
-
-#[derive(Serialize)]
-struct Tls<'a> {
-    version: &'a str,
-}
-
-#[derive(Serialize)]
-struct Response<'a> {
-    status: u16,
-    headers: Headers<'a>,
-    size: usize,
-}
-
-struct Tries<'a>(&'a [crate::Try]);
-
-impl Serialize for Tries<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct One {
-            ip: Option<std::net::IpAddr>,
-            port: Option<u16>,
-            balancer_latency: u64,
-        }
-        s.collect_seq(self.0.iter().map(|t| One {
-            ip: t.addr.map(|a| a.ip()),
-            port: t.addr.map(|a| a.port()),
-            balancer_latency: t.connect_ms,
-        }))
+fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json::string(out, s),
+        None => out.extend_from_slice(b"null"),
     }
 }
 
-#[derive(Serialize)]
-struct Latencies {
-    kong: i64,
-    proxy: i64,
-    request: i64,
-}
-
-#[derive(Serialize)]
-struct ConsumerRecord<'a> {
-    id: &'a str,
-    username: &'a Option<String>,
-    custom_id: &'a Option<String>,
-    tags: &'a [String],
-}
-
-#[derive(Serialize)]
-struct Entity<'a> {
-    id: &'a str,
-    consumer_id: &'a str,
-}
-
-/// Writes the Kong log record of one request straight to JSON text: no intermediate tree, header
+/// Writes the Kong log record of one request straight to JSON text (Kong's field order): header
 /// values borrowed from the request, route and service spliced in as serialised at load.
-pub fn write_kong_record(
-    out: &mut Vec<u8>,
-    entry: &LogEntry<'_>,
-    ctx: &RequestCtx,
-) -> Result<(), serde_json::Error> {
+pub fn write_kong_record(out: &mut Vec<u8>, entry: &LogEntry<'_>, ctx: &RequestCtx) {
     let redact_h = ctx
         .extensions
         .get::<RedactHeaders>()
@@ -265,14 +180,6 @@ pub fn write_kong_record(
         .get::<RedactQuery>()
         .map(|r| r.0.as_slice())
         .unwrap_or(&[]);
-    let req_headers = Headers {
-        map: Some(entry.request_headers),
-        redact: redact_h,
-    };
-    let resp_headers = Headers {
-        map: entry.response_headers,
-        redact: &[],
-    };
     let path_and_query = entry
         .uri
         .path_and_query()
@@ -289,71 +196,133 @@ pub fn write_kong_record(
     } else {
         request_ms
     };
-    let record = Record {
-        request: Request {
-            url: format!("{}://{}{}", entry.scheme, entry.host, request_uri),
-            uri: &request_uri,
-            querystring: Query {
-                query: entry.uri.query().unwrap_or(""),
-                redact: redact_q,
-            },
-            method: entry.method.as_str(),
-            size: entry.request_body_bytes as usize + req_headers.size(),
-            headers: req_headers,
-            tls: entry.tls_version.map(|version| Tls { version }),
-        },
-        upstream_uri: redact_uri(entry.upstream_uri.unwrap_or(""), redact_q),
-        response: Response {
-            status: entry.status,
-            size: entry.response_body_bytes as usize + resp_headers.size(),
-            headers: resp_headers,
-        },
-        tries: Tries(entry.tries),
-        latencies: Latencies {
-            kong: kong_ms,
-            proxy: proxy_ms,
-            request: request_ms,
-        },
-        client_ip: ctx.client_ip,
-        started_at: entry
+
+    out.extend_from_slice(b"{\"request\":{\"uri\":");
+    json::string(out, &request_uri);
+    out.extend_from_slice(b",\"url\":\"");
+    json::escape_into(out, entry.scheme);
+    out.extend_from_slice(b"://");
+    json::escape_into(out, entry.host);
+    json::escape_into(out, &request_uri);
+    out.extend_from_slice(b"\",\"querystring\":");
+    querystring(out, entry.uri.query().unwrap_or(""), redact_q);
+    out.extend_from_slice(b",\"method\":");
+    json::string(out, entry.method.as_str());
+    out.extend_from_slice(b",\"headers\":");
+    let head = headers(out, Some(entry.request_headers), redact_h);
+    out.extend_from_slice(b",\"size\":");
+    json::uint(out, entry.request_body_bytes.saturating_add(head as u64));
+    if let Some(version) = entry.tls_version {
+        out.extend_from_slice(b",\"tls\":{\"version\":");
+        json::string(out, version);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"},\"upstream_uri\":");
+    json::string(out, &redact_uri(entry.upstream_uri.unwrap_or(""), redact_q));
+
+    out.extend_from_slice(b",\"response\":{\"status\":");
+    json::uint(out, entry.status.into());
+    out.extend_from_slice(b",\"headers\":");
+    let head = headers(out, entry.response_headers, &[]);
+    out.extend_from_slice(b",\"size\":");
+    json::uint(out, entry.response_body_bytes.saturating_add(head as u64));
+
+    out.extend_from_slice(b"},\"tries\":[");
+    for (i, t) in entry.tries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"ip\":");
+        match t.addr {
+            Some(a) => json::ip(out, a.ip()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"port\":");
+        match t.addr {
+            Some(a) => json::uint(out, a.port().into()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"balancer_latency\":");
+        json::uint(out, t.connect_ms);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"latencies\":{\"kong\":");
+    json::int(out, kong_ms);
+    out.extend_from_slice(b",\"proxy\":");
+    json::int(out, proxy_ms);
+    out.extend_from_slice(b",\"request\":");
+    json::int(out, request_ms);
+    out.extend_from_slice(b"},\"client_ip\":");
+    match ctx.client_ip {
+        Some(ip) => json::ip(out, ip),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"started_at\":");
+    json::uint(
+        out,
+        entry
             .started_at
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
-        source: if entry.upstream_latency.is_some() {
-            "upstream"
-        } else {
-            "kong"
-        },
-        route: ctx.route_info.as_ref().map(|r| &*r.json_text),
-        service: ctx.service_info.as_ref().map(|s| &*s.json_text),
-        consumer: ctx.consumer.as_ref().map(|c| ConsumerRecord {
-            id: &c.id,
-            username: &c.username,
-            custom_id: &c.custom_id,
-            tags: &c.tags,
-        }),
-        authenticated_entity: ctx.consumer.as_ref().and_then(|c| {
-            ctx.credential_identifier.as_deref().map(|id| Entity {
-                id,
-                consumer_id: &c.id,
-            })
-        }),
-        error: entry.error,
-        correlation_id: ctx.shared.get("correlation_id").map(|s| s.as_str()),
-    };
-    serde_json::to_writer(out, &record)
+    );
+    out.extend_from_slice(if entry.upstream_latency.is_some() {
+        b",\"source\":\"upstream\""
+    } else {
+        b",\"source\":\"kong\""
+    });
+    if let Some(r) = &ctx.route_info {
+        out.extend_from_slice(b",\"route\":");
+        out.extend_from_slice(r.json_text.get().as_bytes());
+    }
+    if let Some(s) = &ctx.service_info {
+        out.extend_from_slice(b",\"service\":");
+        out.extend_from_slice(s.json_text.get().as_bytes());
+    }
+    if let Some(c) = &ctx.consumer {
+        out.extend_from_slice(b",\"consumer\":{\"id\":");
+        json::string(out, &c.id);
+        out.extend_from_slice(b",\"username\":");
+        opt_string(out, c.username.as_deref());
+        out.extend_from_slice(b",\"custom_id\":");
+        opt_string(out, c.custom_id.as_deref());
+        out.extend_from_slice(b",\"tags\":[");
+        for (i, t) in c.tags.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json::string(out, t);
+        }
+        out.extend_from_slice(b"]}");
+        if let Some(id) = ctx.credential_identifier.as_deref() {
+            out.extend_from_slice(b",\"authenticated_entity\":{\"id\":");
+            json::string(out, id);
+            out.extend_from_slice(b",\"consumer_id\":");
+            json::string(out, &c.id);
+            out.push(b'}');
+        }
+    }
+    if let Some(e) = entry.error {
+        key_after_comma(out, "error");
+        json::string(out, e);
+    }
+    if let Some(id) = ctx.shared.get("correlation_id") {
+        key_after_comma(out, "correlation_id");
+        json::string(out, id);
+    }
+    out.push(b'}');
+}
+
+fn key_after_comma(out: &mut Vec<u8>, k: &str) {
+    out.push(b',');
+    json::key(out, k);
 }
 
 /// The Kong log record of one request, as text.
 pub fn kong_record_text(entry: &LogEntry<'_>, ctx: &RequestCtx) -> String {
-    let mut out = Vec::with_capacity(1024);
-    if write_kong_record(&mut out, entry, ctx).is_err() {
-        // Serialising borrowed strings and numbers into memory cannot fail; an empty object
-        // keeps the stream parseable if it ever did.
-        return "{}".into();
-    }
-    // serde_json writes UTF-8 only.
+    let mut out = Vec::with_capacity(1536);
+    write_kong_record(&mut out, entry, ctx);
+    // Everything written comes from `&str`s, lossily converted bytes and ASCII.
     String::from_utf8(out).unwrap_or_else(|_| "{}".into())
 }
 
@@ -431,17 +400,133 @@ mod tests {
         assert_eq!(kong_record(&entry, &ctx)["correlation_id"], "abc#1");
     }
 
+    /// Every field of the record, checked whole: tries, TLS, repeated and non-UTF-8 headers,
+    /// escapes, the response, the source; keys in Kong's order.
+    #[test]
+    fn the_whole_record_is_valid_json_with_every_field() {
+        let mut req = http::HeaderMap::new();
+        req.insert("host", "h.test:8000".parse().unwrap());
+        req.insert(
+            "x-odd",
+            http::HeaderValue::from_bytes(b"caf\xe9 \"q\"").unwrap(),
+        );
+        let mut resp = http::HeaderMap::new();
+        resp.insert("content-type", "text/plain".parse().unwrap());
+        resp.append("via", "a".parse().unwrap());
+        resp.append("via", "b".parse().unwrap());
+        resp.append("via", "c".parse().unwrap());
+        let uri: http::Uri = "/p%20x?a=1&a=2&b".parse().unwrap();
+        let tries = [
+            crate::Try {
+                addr: Some("10.0.0.1:8080".parse().unwrap()),
+                connect_ms: 3,
+                started_at: None,
+                connected_at: None,
+                reused: false,
+                tls: false,
+            },
+            crate::Try {
+                addr: Some("[::1]:443".parse().unwrap()),
+                connect_ms: 0,
+                started_at: None,
+                connected_at: None,
+                reused: true,
+                tls: true,
+            },
+        ];
+        let mut ctx = RequestCtx {
+            client_ip: Some("::ffff:1.2.3.4".parse().unwrap()),
+            ..Default::default()
+        };
+        ctx.route_info = Some(Arc::new(crate::EntityInfo::new(
+            "r1".into(),
+            None,
+            json!({"id": "r1", "paths": ["/p"]}),
+        )));
+        let entry = LogEntry {
+            method: &http::Method::POST,
+            uri: &uri,
+            version: http::Version::HTTP_2,
+            host: "h.test:8000",
+            request_headers: &req,
+            response_headers: Some(&resp),
+            status: 502,
+            request_body_bytes: 10,
+            response_body_bytes: 7,
+            started_at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+            latency: 0.0304,
+            upstream_latency: None,
+            upstream_uri: Some("/up"),
+            tries: &tries,
+            error: Some("Connect\"Refused\n"),
+            scheme: "https",
+            tls_version: Some("TLSv1.3"),
+        };
+        let text = kong_record_text(&entry, &ctx);
+        let r: Value = serde_json::from_str(&text).unwrap();
+        let req_size = 10 + "host: h.test:8000\r\n".len() + "x-odd: caf\u{e9} \"q\"\r\n".len() - 1;
+        let resp_size = 7 + "content-type: text/plain\r\n".len() + 3 * "via: a\r\n".len();
+        assert_eq!(
+            r,
+            json!({
+                "request": {
+                    "uri": "/p%20x?a=1&a=2&b",
+                    "url": "https://h.test:8000/p%20x?a=1&a=2&b",
+                    "querystring": {"a": ["1", "2"], "b": true},
+                    "method": "POST",
+                    "headers": {"host": "h.test:8000", "x-odd": "caf\u{fffd} \"q\""},
+                    "size": req_size,
+                    "tls": {"version": "TLSv1.3"},
+                },
+                "upstream_uri": "/up",
+                "response": {
+                    "status": 502,
+                    "headers": {"content-type": "text/plain", "via": ["a", "b", "c"]},
+                    "size": resp_size,
+                },
+                "tries": [
+                    {"ip": "10.0.0.1", "port": 8080, "balancer_latency": 3},
+                    {"ip": "::1", "port": 443, "balancer_latency": 0},
+                ],
+                "latencies": {"kong": 30, "proxy": -1, "request": 30},
+                "client_ip": "::ffff:1.2.3.4",
+                "started_at": 1_700_000_000_123u64,
+                "source": "kong",
+                "route": {"id": "r1", "paths": ["/p"]},
+                "error": "Connect\"Refused\n",
+            })
+        );
+        let order = [
+            "\"request\"",
+            "\"upstream_uri\"",
+            "\"response\"",
+            "\"tries\"",
+            "\"latencies\"",
+            "\"client_ip\"",
+            "\"started_at\"",
+            "\"source\"",
+            "\"route\"",
+            "\"error\"",
+        ];
+        let at: Vec<usize> = order.iter().map(|k| text.find(k).unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+    }
+
     #[test]
     fn cookies_are_redacted_both_ways() {
         let mut h = http::HeaderMap::new();
         h.insert("cookie", "session=abc".parse().unwrap());
         h.append("set-cookie", "session=abc; Path=/".parse().unwrap());
         h.append("set-cookie", "theme=dark".parse().unwrap());
-        let v = serde_json::to_value(Headers {
-            map: Some(&h),
-            redact: &[],
-        })
-        .unwrap();
+        let mut out = Vec::new();
+        let size = headers(&mut out, Some(&h), &[]);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            size,
+            "cookie: session=abc\r\n".len()
+                + "set-cookie: session=abc; Path=/\r\n".len()
+                + "set-cookie: theme=dark\r\n".len()
+        );
         assert_eq!(v["cookie"], "REDACTED");
         assert_eq!(v["set-cookie"], json!(["REDACTED", "REDACTED"]));
     }

@@ -327,12 +327,7 @@ pub fn spans(
         out.push(b.finish(try_end));
     }
     if let Some(last) = entry.tries.last() {
-        if let Some(host) = ctx
-            .service_info
-            .as_ref()
-            .and_then(|s| s.json.get("host"))
-            .and_then(|h| h.as_str())
-        {
+        if let Some(host) = ctx.service_info.as_ref().and_then(|s| s.host.as_deref()) {
             proxy.tag("peer.hostname", host);
         }
         proxy.ip = last.addr.map(|a| a.ip());

@@ -295,7 +295,7 @@ async fn the_span_tree_tags_endpoints_and_annotations_are_kongs() {
         ..log_entry(&h, &uri, start, 0.030)
     };
     let mut lctx = log_ctx();
-    lctx.extensions = ctx.extensions.clone();
+    lctx.extensions = std::mem::take(&mut ctx.extensions);
     let end = request_end(&entry);
     let spans: Vec<Value> = span::spans(&z.s, &t, &entry, &lctx, end)
         .into_iter()
