@@ -2,7 +2,7 @@
 
 use crate::queue::{QueueConfig, Shipper, Sink};
 use portcullis_plugin_api::{
-    async_trait, parse_config, serialize::kong_record_text, BuildContext, ConfigError, LogEntry,
+    async_trait, parse_config, serialize::write_kong_record, BuildContext, ConfigError, LogEntry,
     Phases, Plugin, PluginFactory, RequestCtx,
 };
 use serde::Deserialize;
@@ -32,12 +32,12 @@ struct FileSink {
 }
 
 impl Sink for FileSink {
-    type Item = String;
+    type Item = Vec<u8>;
 
-    async fn send(&self, batch: Vec<String>) -> Result<(), String> {
+    async fn send(&self, batch: &[Vec<u8>]) -> Result<(), String> {
         let mut buf = Vec::with_capacity(batch.iter().map(|l| l.len() + 1).sum());
         for line in batch {
-            buf.extend_from_slice(line.as_bytes());
+            buf.extend_from_slice(line);
             buf.push(b'\n');
         }
         let mut slot = self.file.lock().await;
@@ -126,7 +126,9 @@ impl Plugin for FileLog {
     }
 
     fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
-        self.shipper.queue.push(kong_record_text(entry, ctx));
+        let mut record = Vec::with_capacity(1536);
+        write_kong_record(&mut record, entry, ctx);
+        self.shipper.queue.push(record);
     }
 
     async fn flush(&self) {

@@ -3,7 +3,7 @@
 
 use crate::queue::{QueueConfig, Shipper, Sink};
 use portcullis_plugin_api::{
-    async_trait, parse_config, serialize::kong_record_text, BuildContext, ConfigError, LogEntry,
+    async_trait, parse_config, serialize::write_kong_record, BuildContext, ConfigError, LogEntry,
     Phases, Plugin, PluginFactory, RequestCtx,
 };
 use serde::Deserialize;
@@ -66,24 +66,25 @@ struct HttpSink {
 }
 
 impl Sink for HttpSink {
-    type Item = String;
+    type Item = Vec<u8>;
 
-    async fn send(&self, batch: Vec<String>) -> Result<(), String> {
-        let body = if self.single && batch.len() == 1 {
-            batch.into_iter().next().unwrap_or_default()
-        } else {
-            // One allocation of the final size: batches run to hundreds of kilobytes.
-            let mut body =
-                String::with_capacity(2 + batch.iter().map(|r| r.len() + 1).sum::<usize>());
-            body.push('[');
-            for (i, r) in batch.iter().enumerate() {
-                if i > 0 {
-                    body.push(',');
+    async fn send(&self, batch: &[Vec<u8>]) -> Result<(), String> {
+        let body = match batch {
+            [one] if self.single => one.clone(),
+            _ => {
+                // One allocation of the final size: batches run to hundreds of kilobytes.
+                let mut body =
+                    Vec::with_capacity(2 + batch.iter().map(|r| r.len() + 1).sum::<usize>());
+                body.push(b'[');
+                for (i, r) in batch.iter().enumerate() {
+                    if i > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(r);
                 }
-                body.push_str(r);
+                body.push(b']');
+                body
             }
-            body.push(']');
-            body
         };
         let mut req = self
             .client
@@ -295,7 +296,9 @@ impl Plugin for HttpLog {
     }
 
     fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
-        self.shipper.queue.push(kong_record_text(entry, ctx));
+        let mut record = Vec::with_capacity(1536);
+        write_kong_record(&mut record, entry, ctx);
+        self.shipper.queue.push(record);
     }
 
     async fn flush(&self) {

@@ -3,7 +3,7 @@
 
 use crate::queue::{QueueConfig, Shipper, Sink};
 use portcullis_plugin_api::{
-    async_trait, parse_config, serialize::kong_record_text, BuildContext, ConfigError, LogEntry,
+    async_trait, parse_config, serialize::write_kong_record, BuildContext, ConfigError, LogEntry,
     Phases, Plugin, PluginFactory, RequestCtx,
 };
 use serde::Deserialize;
@@ -96,12 +96,12 @@ impl TcpSink {
 }
 
 impl Sink for TcpSink {
-    type Item = String;
+    type Item = Vec<u8>;
 
-    async fn send(&self, batch: Vec<String>) -> Result<(), String> {
-        let mut buf = Vec::new();
+    async fn send(&self, batch: &[Vec<u8>]) -> Result<(), String> {
+        let mut buf = Vec::with_capacity(batch.iter().map(|l| l.len() + 1).sum());
         for line in batch {
-            buf.extend_from_slice(line.as_bytes());
+            buf.extend_from_slice(line);
             buf.push(b'\n');
         }
         let mut slot = self.conn.lock().await;
@@ -132,9 +132,9 @@ struct UdpSink {
 }
 
 impl Sink for UdpSink {
-    type Item = String;
+    type Item = Vec<u8>;
 
-    async fn send(&self, batch: Vec<String>) -> Result<(), String> {
+    async fn send(&self, batch: &[Vec<u8>]) -> Result<(), String> {
         let mut slot = self.socket.lock().await;
         if slot.is_none() {
             let bind = if self.target.starts_with('[') {
@@ -154,7 +154,7 @@ impl Sink for UdpSink {
             return Err("no socket".into());
         };
         for record in batch {
-            s.send(record.as_bytes())
+            s.send(record)
                 .await
                 .map_err(|e| format!("udp {}: {e}", self.target))?;
         }
@@ -169,7 +169,7 @@ struct NetLog<S: Sink> {
 }
 
 #[async_trait]
-impl<S: Sink<Item = String>> Plugin for NetLog<S> {
+impl<S: Sink<Item = Vec<u8>>> Plugin for NetLog<S> {
     fn name(&self) -> &'static str {
         self.name
     }
@@ -183,7 +183,9 @@ impl<S: Sink<Item = String>> Plugin for NetLog<S> {
     }
 
     fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
-        self.shipper.queue.push(kong_record_text(entry, ctx));
+        let mut record = Vec::with_capacity(1536);
+        write_kong_record(&mut record, entry, ctx);
+        self.shipper.queue.push(record);
     }
 
     async fn flush(&self) {

@@ -124,12 +124,13 @@ impl QueueConfig {
 
 /// Something that sends one batch of entries (serialised records, spans).
 pub trait Sink: Send + Sync + 'static {
-    /// What the queue holds; cloned when a failed batch is retried.
-    type Item: Clone + Send + 'static;
+    /// What the queue holds.
+    type Item: Send + Sync + 'static;
 
+    /// Borrows the batch: a failed one is sent again as it is, without a copy per attempt.
     fn send(
         &self,
-        batch: Vec<Self::Item>,
+        batch: &[Self::Item],
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
 }
 
@@ -160,7 +161,7 @@ impl<S: Sink> Shipper<S> {
         let started = tokio::time::Instant::now();
         let mut delay = self.config.initial_retry_delay;
         loop {
-            match self.sink.send(batch.clone()).await {
+            match self.sink.send(&batch).await {
                 Ok(()) => return,
                 Err(e) => {
                     let give_up = self.config.max_retry_time < 0.0
@@ -184,7 +185,7 @@ impl<S: Sink> Shipper<S> {
             if batch.is_empty() {
                 return;
             }
-            if let Err(e) = self.sink.send(batch).await {
+            if let Err(e) = self.sink.send(&batch).await {
                 tracing::error!(plugin = self.plugin, error = %e, "flushing log entries failed");
                 return;
             }

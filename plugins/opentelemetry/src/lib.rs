@@ -12,16 +12,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod config;
+mod encode;
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use encode::Value;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, Status,
-};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use portcullis_loggers::queue::{Shipper, Sink};
+use portcullis_plugin_api::json::{ip_bytes, IP_TEXT_MAX};
 use portcullis_plugin_api::{
     async_trait, parse_config, BuildContext, ConfigError, Flow, LogEntry, Phases, Plugin,
     PluginFactory, RequestCtx, RequestView, ResponseHead,
@@ -95,17 +94,14 @@ fn s(v: impl Into<String>) -> any_value::Value {
     any_value::Value::StringValue(v.into())
 }
 
-/// Kong encodes Lua numbers as doubles; only `http.status_code` is an integer.
-fn num(v: f64) -> any_value::Value {
-    any_value::Value::DoubleValue(v)
-}
-
 /// The HTTP client, endpoint and headers one signal is POSTed with.
 struct Exporter {
     client: reqwest::Client,
     url: reqwest::Url,
     headers: Vec<(String, String)>,
-    resource: Resource,
+    /// The `Resource` and `InstrumentationScope` messages, encoded once.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
 }
 
 impl Exporter {
@@ -131,48 +127,27 @@ impl Exporter {
     }
 }
 
-struct TraceSink(Exporter);
-
-impl Sink for TraceSink {
-    type Item = Span;
-
-    async fn send(&self, batch: Vec<Span>) -> Result<(), String> {
-        let n = batch.len();
-        let req = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.0.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope()),
-                    spans: batch,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        self.0.post(req.encode_to_vec()).await?;
-        tracing::debug!(plugin = NAME, spans = n, "exporter sent spans");
-        Ok(())
-    }
+/// Sends encoded `Span`s (traces) or `LogRecord`s (logs): the two export requests differ only
+/// in their message names.
+struct OtlpSink {
+    exporter: Exporter,
+    signal: &'static str,
 }
 
-struct LogSink(Exporter);
+impl Sink for OtlpSink {
+    type Item = Vec<u8>;
 
-impl Sink for LogSink {
-    type Item = LogRecord;
-
-    async fn send(&self, batch: Vec<LogRecord>) -> Result<(), String> {
-        let req = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                resource: Some(self.0.resource.clone()),
-                scope_logs: vec![ScopeLogs {
-                    scope: Some(scope()),
-                    log_records: batch,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        self.0.post(req.encode_to_vec()).await
+    async fn send(&self, batch: &[Vec<u8>]) -> Result<(), String> {
+        let e = &self.exporter;
+        e.post(encode::export_request(&e.resource, &e.scope, batch))
+            .await?;
+        tracing::debug!(
+            plugin = NAME,
+            signal = self.signal,
+            items = batch.len(),
+            "exporter sent"
+        );
+        Ok(())
     }
 }
 
@@ -184,9 +159,31 @@ fn scope() -> InstrumentationScope {
     }
 }
 
+/// A span's fields before its attributes, in field order: ids, name, kind, times.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn span_head(
+    out: &mut Vec<u8>,
+    t: &TraceCtx,
+    span_id: &[u8; 8],
+    parent: &[u8],
+    name: &str,
+    kind: SpanKind,
+    start: u64,
+    end: u64,
+) {
+    encode::bytes(out, 1, &t.trace_id);
+    encode::bytes(out, 2, span_id);
+    encode::bytes(out, 4, parent);
+    encode::bytes(out, 5, name.as_bytes());
+    encode::varint(out, 6, kind as u64);
+    encode::fixed64(out, 7, start);
+    encode::fixed64(out, 8, end);
+}
+
 struct OpenTelemetry {
-    traces: Option<Arc<Shipper<TraceSink>>>,
-    logs: Option<Arc<Shipper<LogSink>>>,
+    traces: Option<Arc<Shipper<OtlpSink>>>,
+    logs: Option<Arc<Shipper<OtlpSink>>>,
     propagation: Propagation,
     sampling_rate: f64,
     traceid_header: Option<String>,
@@ -315,14 +312,20 @@ impl PluginFactory for OpenTelemetryFactory {
             return Err(errors);
         }
         let client = exporter_client(connect, send + read)?;
-        let exporter = |url: reqwest::Url| Exporter {
-            client: client.clone(),
-            url,
-            headers: headers.clone(),
-            resource: resource.clone(),
+        let resource = resource.encode_to_vec();
+        let scope = scope().encode_to_vec();
+        let sink = |url: reqwest::Url, signal| OtlpSink {
+            exporter: Exporter {
+                client: client.clone(),
+                url,
+                headers: headers.clone(),
+                resource: resource.clone(),
+                scope: scope.clone(),
+            },
+            signal,
         };
-        let traces = traces_url.map(|u| Shipper::new(NAME, queue.clone(), TraceSink(exporter(u))));
-        let logs = logs_url.map(|u| Shipper::new(NAME, queue.clone(), LogSink(exporter(u))));
+        let traces = traces_url.map(|u| Shipper::new(NAME, queue.clone(), sink(u, "traces")));
+        let logs = logs_url.map(|u| Shipper::new(NAME, queue.clone(), sink(u, "logs")));
         Ok(Arc::new(OpenTelemetry {
             traces,
             logs,
@@ -346,61 +349,78 @@ impl OpenTelemetry {
         }
     }
 
-    fn spans(&self, t: &TraceCtx, entry: &LogEntry<'_>, ctx: &RequestCtx) -> Vec<Span> {
+    /// Kong's spans of one request, each an encoded `Span` handed to `push`: the `kong`
+    /// request span, a `kong.balancer` span per try and a `kong.upstream.connect` span per new
+    /// upstream connection.
+    fn encode_spans(
+        &self,
+        t: &TraceCtx,
+        entry: &LogEntry<'_>,
+        ctx: &RequestCtx,
+        mut push: impl FnMut(Vec<u8>),
+    ) {
         let start = nanos(entry.started_at);
-        let end_time = request_end(entry);
-        let end = nanos(end_time);
+        let end = nanos(request_end(entry));
         let host = host_without_port(entry.host);
         let target = entry
             .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let mut ip_buf = [0u8; IP_TEXT_MAX];
+        let client_ip = ctx
+            .client_ip
+            .map_or(&[][..], |ip| ip_bytes(ip, &mut ip_buf));
         let route_path = ctx
             .route_info
             .as_ref()
-            .and_then(|r| r.json.get("paths"))
-            .and_then(|p| p.get(0))
-            .and_then(|p| p.as_str())
+            .and_then(|r| r.first_path.as_deref())
             .unwrap_or("");
-        let mut attributes = vec![
-            kv("http.method", s(entry.method.as_str())),
-            kv(
-                "http.url",
-                s(format!("{}://{}{}", entry.scheme, host, target)),
-            ),
-            kv("http.host", s(host)),
-            kv("http.scheme", s(entry.scheme)),
-            kv("http.flavor", s(http_flavor(entry.version))),
-            kv("http.client_ip", s(client_ip.clone())),
-            kv("net.peer.ip", s(client_ip)),
-            kv("kong.request.id", s(ctx.request_id.clone())),
-            kv("http.route", s(route_path)),
-        ];
+        let mut out = Vec::with_capacity(512);
+        span_head(
+            &mut out,
+            t,
+            &t.root_span_id,
+            t.root_parent.as_ref().map_or(&[], |p| p.as_slice()),
+            "kong",
+            SpanKind::Server,
+            start,
+            end,
+        );
+        let attr =
+            |out: &mut Vec<u8>, key: &str, value: Value<'_>| encode::attribute(out, 9, key, value);
+        attr(
+            &mut out,
+            "http.method",
+            Value::Str(&[entry.method.as_str()]),
+        );
+        attr(
+            &mut out,
+            "http.url",
+            Value::Str(&[entry.scheme, "://", host, target]),
+        );
+        attr(&mut out, "http.host", Value::Str(&[host]));
+        attr(&mut out, "http.scheme", Value::Str(&[entry.scheme]));
+        attr(
+            &mut out,
+            "http.flavor",
+            Value::Str(&[http_flavor(entry.version)]),
+        );
+        attr(&mut out, "http.client_ip", Value::Text(client_ip));
+        attr(&mut out, "net.peer.ip", Value::Text(client_ip));
+        attr(&mut out, "kong.request.id", Value::Str(&[&ctx.request_id]));
+        attr(&mut out, "http.route", Value::Str(&[route_path]));
         if entry.status != 0 {
-            attributes.push(kv(
+            attr(
+                &mut out,
                 "http.status_code",
-                any_value::Value::IntValue(entry.status.into()),
-            ));
+                Value::Int(entry.status.into()),
+            );
         }
-        let mut spans = vec![Span {
-            trace_id: t.trace_id.to_vec(),
-            span_id: t.root_span_id.to_vec(),
-            parent_span_id: t.root_parent.map(|p| p.to_vec()).unwrap_or_default(),
-            name: "kong".into(),
-            kind: SpanKind::Server as i32,
-            start_time_unix_nano: start,
-            end_time_unix_nano: end,
-            attributes,
-            ..Default::default()
-        }];
-        let peer_name = ctx
-            .service_info
-            .as_ref()
-            .and_then(|s| s.json.get("host"))
-            .and_then(|h| h.as_str());
+        push(out);
+        let peer_name = ctx.service_info.as_ref().and_then(|s| s.host.as_deref());
         let n = entry.tries.len();
+        let mut peer_buf = [0u8; IP_TEXT_MAX];
         for (i, try_) in entry.tries.iter().enumerate() {
             let last = i + 1 == n;
             let span_id = if last {
@@ -420,64 +440,63 @@ impl OpenTelemetry {
                 Some(_) if last => end,
                 Some(connected) => nanos(connected),
             };
-            let mut attributes = vec![kv("try_count", num((i + 1) as f64))];
+            let peer_ip = try_
+                .addr
+                .map_or(&[][..], |a| ip_bytes(a.ip(), &mut peer_buf));
+            let mut out = Vec::with_capacity(256);
+            span_head(
+                &mut out,
+                t,
+                &span_id,
+                &t.root_span_id,
+                "kong.balancer",
+                SpanKind::Client,
+                nanos(try_start),
+                try_end,
+            );
+            attr(&mut out, "try_count", Value::Double((i + 1) as f64));
             if let Some(a) = try_.addr {
-                attributes.push(kv("net.peer.ip", s(a.ip().to_string())));
-                attributes.push(kv("net.peer.port", num(a.port().into())));
+                attr(&mut out, "net.peer.ip", Value::Text(peer_ip));
+                attr(&mut out, "net.peer.port", Value::Double(a.port().into()));
             }
             if let Some(name) = peer_name {
-                attributes.push(kv("net.peer.name", s(name)));
+                attr(&mut out, "net.peer.name", Value::Str(&[name]));
             }
-            let mut status = None;
             if failed || (last && entry.error.is_some()) {
                 if last && entry.status != 0 {
-                    attributes.push(kv(
+                    attr(
+                        &mut out,
                         "http.status_code",
-                        any_value::Value::IntValue(entry.status.into()),
-                    ));
+                        Value::Int(entry.status.into()),
+                    );
                 }
-                status = Some(Status {
-                    code: StatusCode::Error as i32,
-                    ..Default::default()
-                });
+                encode::status_code(&mut out, StatusCode::Error as i32);
             }
-            spans.push(Span {
-                trace_id: t.trace_id.to_vec(),
-                span_id: span_id.to_vec(),
-                parent_span_id: t.root_span_id.to_vec(),
-                name: "kong.balancer".into(),
-                kind: SpanKind::Client as i32,
-                start_time_unix_nano: nanos(try_start),
-                end_time_unix_nano: try_end,
-                attributes,
-                status,
-                ..Default::default()
-            });
+            push(out);
             // The connection the try opened: TCP connect and, to a TLS upstream, the
             // handshake (Pingora reports them as one interval).
             if let (false, Some(started), Some(connected)) =
                 (try_.reused, try_.started_at, try_.connected_at)
             {
-                let mut attributes = Vec::new();
+                let mut out = Vec::with_capacity(192);
+                span_head(
+                    &mut out,
+                    t,
+                    &random_ids().1,
+                    &span_id,
+                    "kong.upstream.connect",
+                    SpanKind::Client,
+                    nanos(started),
+                    nanos(connected),
+                );
                 if let Some(a) = try_.addr {
-                    attributes.push(kv("net.peer.ip", s(a.ip().to_string())));
-                    attributes.push(kv("net.peer.port", num(a.port().into())));
+                    attr(&mut out, "net.peer.ip", Value::Text(peer_ip));
+                    attr(&mut out, "net.peer.port", Value::Double(a.port().into()));
                 }
-                attributes.push(kv("tls", any_value::Value::BoolValue(try_.tls)));
-                spans.push(Span {
-                    trace_id: t.trace_id.to_vec(),
-                    span_id: random_ids().1.to_vec(),
-                    parent_span_id: span_id.to_vec(),
-                    name: "kong.upstream.connect".into(),
-                    kind: SpanKind::Client as i32,
-                    start_time_unix_nano: nanos(started),
-                    end_time_unix_nano: nanos(connected),
-                    attributes,
-                    ..Default::default()
-                });
+                attr(&mut out, "tls", Value::Bool(try_.tls));
+                push(out);
             }
         }
-        spans
     }
 
     /// One record per request (Kong sends the log lines the request produced; the gateway's
@@ -606,13 +625,12 @@ impl Plugin for OpenTelemetry {
         };
         if let Some(traces) = &self.traces {
             if t.sampled {
-                for span in self.spans(t, entry, ctx) {
-                    traces.queue.push(span);
-                }
+                self.encode_spans(t, entry, ctx, |span| traces.queue.push(span));
             }
         }
         if let Some(logs) = &self.logs {
-            logs.queue.push(self.log_record(t, entry, ctx));
+            logs.queue
+                .push(self.log_record(t, entry, ctx).encode_to_vec());
         }
     }
 
@@ -677,6 +695,156 @@ mod tests {
                 .1
                 .contains("bogus")
         );
+    }
+
+    /// The spans written field by field decode with the official definitions, re-encode with
+    /// prost to the same bytes, and carry Kong's names, tree and attributes.
+    #[test]
+    fn spans_are_canonical_otlp() {
+        use opentelemetry_proto::tonic::trace::v1::Span;
+        use portcullis_plugin_api::{http, EntityInfo, Try};
+        let c: config::Config = parse_config(&json!({"traces_endpoint": "http://x/"})).unwrap();
+        let otel = OpenTelemetry {
+            traces: None,
+            logs: None,
+            propagation: c.propagation(&mut Vec::new()),
+            sampling_rate: 1.0,
+            traceid_header: None,
+        };
+        let t = TraceCtx {
+            trace_id: [7; 16],
+            root_span_id: [1; 8],
+            root_parent: Some([9; 8]),
+            balancer_span_id: [2; 8],
+            sampled: true,
+        };
+        let t0 = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        let tries = [
+            Try {
+                addr: Some("10.0.0.1:8443".parse().unwrap()),
+                connect_ms: 5,
+                started_at: Some(t0),
+                connected_at: None,
+                reused: false,
+                tls: true,
+            },
+            Try {
+                addr: Some("[::1]:8080".parse().unwrap()),
+                connect_ms: 1,
+                started_at: Some(t0 + Duration::from_millis(6)),
+                connected_at: Some(t0 + Duration::from_millis(7)),
+                reused: false,
+                tls: false,
+            },
+        ];
+        let headers = http::HeaderMap::new();
+        let uri: http::Uri = "/p?q=1".parse().unwrap();
+        let entry = LogEntry {
+            method: &http::Method::GET,
+            uri: &uri,
+            version: http::Version::HTTP_11,
+            host: "h.test:8000",
+            request_headers: &headers,
+            response_headers: None,
+            status: 200,
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            started_at: t0,
+            latency: 0.010,
+            upstream_latency: Some(0.004),
+            upstream_uri: Some("/p?q=1"),
+            tries: &tries,
+            error: None,
+            scheme: "http",
+            tls_version: None,
+        };
+        let mut ctx = RequestCtx {
+            client_ip: Some("127.0.0.9".parse().unwrap()),
+            request_id: "rid-1".into(),
+            ..Default::default()
+        };
+        ctx.route_info = Some(Arc::new(EntityInfo::new(
+            "r".into(),
+            None,
+            json!({"paths": ["/p"]}),
+        )));
+        ctx.service_info = Some(Arc::new(EntityInfo::new(
+            "s".into(),
+            None,
+            json!({"host": "up.test"}),
+        )));
+        let mut encoded = Vec::new();
+        otel.encode_spans(&t, &entry, &ctx, |b| encoded.push(b));
+        let spans: Vec<Span> = encoded
+            .iter()
+            .map(|b| {
+                let span = Span::decode(b.as_slice()).unwrap();
+                assert_eq!(&span.encode_to_vec(), b, "not prost's bytes: {span:?}");
+                span
+            })
+            .collect();
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "kong",
+                "kong.balancer",
+                "kong.balancer",
+                "kong.upstream.connect"
+            ]
+        );
+        let attr = |s: &Span, k: &str| {
+            s.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
+        };
+        let root = &spans[0];
+        assert_eq!(root.trace_id, [7; 16]);
+        assert_eq!(root.span_id, [1; 8]);
+        assert_eq!(root.parent_span_id, [9; 8]);
+        assert_eq!(root.kind, SpanKind::Server as i32);
+        assert_eq!(root.start_time_unix_nano, 1_700_000_000_000_000_000);
+        assert_eq!(root.end_time_unix_nano, 1_700_000_000_010_000_000);
+        let str_attr = |k: &str| Some(any_value::Value::StringValue(k.into()));
+        assert_eq!(attr(root, "http.url"), str_attr("http://h.test/p?q=1"));
+        assert_eq!(attr(root, "http.client_ip"), str_attr("127.0.0.9"));
+        assert_eq!(attr(root, "kong.request.id"), str_attr("rid-1"));
+        assert_eq!(attr(root, "http.route"), str_attr("/p"));
+        assert_eq!(attr(root, "http.flavor"), str_attr("1.1"));
+        assert_eq!(
+            attr(root, "http.status_code"),
+            Some(any_value::Value::IntValue(200))
+        );
+        assert_eq!(root.attributes.len(), 10);
+        let (failed, ok, connect) = (&spans[1], &spans[2], &spans[3]);
+        assert_eq!(failed.parent_span_id, [1; 8]);
+        assert_eq!(
+            failed.status.as_ref().unwrap().code,
+            StatusCode::Error as i32
+        );
+        assert_eq!(failed.end_time_unix_nano, 1_700_000_000_005_000_000);
+        assert_eq!(attr(failed, "net.peer.ip"), str_attr("10.0.0.1"));
+        assert_eq!(
+            attr(failed, "net.peer.port"),
+            Some(any_value::Value::DoubleValue(8443.0))
+        );
+        assert_eq!(
+            attr(failed, "try_count"),
+            Some(any_value::Value::DoubleValue(1.0))
+        );
+        assert_eq!(ok.span_id, [2; 8]);
+        assert_eq!(ok.status, None);
+        assert_eq!(ok.end_time_unix_nano, root.end_time_unix_nano);
+        assert_eq!(attr(ok, "net.peer.ip"), str_attr("::1"));
+        assert_eq!(attr(ok, "net.peer.name"), str_attr("up.test"));
+        assert_eq!(connect.parent_span_id, [2; 8]);
+        assert_eq!(
+            attr(connect, "tls"),
+            Some(any_value::Value::BoolValue(false))
+        );
+        assert_eq!(connect.end_time_unix_nano, 1_700_000_000_007_000_000);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `default_header_type` fallbacks of `get_plugin_params`, the exporter's URL and timeouts.
 
 use crate::propagation::{self, Extracted, Format, InjectCtx};
-use portcullis_plugin_api::http::HeaderMap;
+use portcullis_plugin_api::http::{HeaderMap, HeaderValue};
 use portcullis_plugin_api::{ConfigError, RequestCtx};
 use serde::Deserialize;
 
@@ -240,9 +240,11 @@ impl Propagation {
                     f => f,
                 },
             };
-            for (name, value) in propagation::inject(format, inject) {
-                ctx.set_upstream_header(name, &value);
-            }
+            propagation::inject_each(format, inject, |name, value| {
+                if let Ok(value) = HeaderValue::try_from(value) {
+                    ctx.set_upstream_header_value(name, value);
+                }
+            });
         }
     }
 }

@@ -57,10 +57,14 @@ pub fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);
     }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
+    // A byte scan from the end: hosts are short, and this runs for every traced request.
+    let b = host.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    let colon = b.len() - digits;
+    if colon == 0 || b[colon - 1] != b':' || b[..colon - 1].contains(&b':') {
+        return host;
     }
+    &host[..colon - 1]
 }
 
 #[cfg(test)]
@@ -81,5 +85,10 @@ mod tests {
         assert_eq!(host_without_port("[::1]:80"), "[::1]");
         assert_eq!(host_without_port("::1"), "::1");
         assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("example.com:"), "example.com");
+        assert_eq!(host_without_port("8000"), "8000");
+        assert_eq!(host_without_port(":80"), "");
+        assert_eq!(host_without_port("a:b:80"), "a:b:80");
+        assert_eq!(host_without_port("10.0.0.1:8"), "10.0.0.1");
     }
 }

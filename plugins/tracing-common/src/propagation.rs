@@ -1,7 +1,24 @@
 //! Trace context headers, read and written as Kong's extractors and injectors do
 //! (kong/observability/tracing/propagation/{extractors,injectors}/*.lua).
 
-use portcullis_plugin_api::http::HeaderMap;
+use portcullis_plugin_api::http::{HeaderMap, HeaderName};
+
+/// The names injectors write, made at compile time (a const `from_static` with a bad name does
+/// not build).
+mod names {
+    use super::HeaderName;
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    pub const B3: HeaderName = HeaderName::from_static("b3");
+    pub const B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+    pub const B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+    pub const B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+    pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+    pub const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+    pub const UBER_TRACE_ID: HeaderName = HeaderName::from_static("uber-trace-id");
+    pub const OT_TRACEID: HeaderName = HeaderName::from_static("ot-tracer-traceid");
+    pub const OT_SPANID: HeaderName = HeaderName::from_static("ot-tracer-spanid");
+    pub const OT_SAMPLED: HeaderName = HeaderName::from_static("ot-tracer-sampled");
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -126,11 +143,30 @@ fn from_hex<const N: usize>(hex: &str) -> Option<([u8; N], usize)> {
 
 pub fn to_hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
-        s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
-    }
+    push_hex(&mut s, bytes);
     s
+}
+
+/// `bytes` as hex into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
+    }
+}
+
+/// Through a stack buffer: `String::push` per character costs a UTF-8 encoding step each.
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for chunk in bytes.chunks(32) {
+        let mut buf = [0u8; 64];
+        for (i, b) in chunk.iter().enumerate() {
+            buf[2 * i] = HEX[usize::from(b >> 4)];
+            buf[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        s.push_str(std::str::from_utf8(&buf[..2 * chunk.len()]).unwrap_or_default());
+    }
 }
 
 fn is_zero(b: &[u8]) -> bool {
@@ -141,8 +177,32 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Every header an extractor reads.
+fn is_context_header(name: &str) -> bool {
+    matches!(
+        name,
+        "traceparent"
+            | "tracestate"
+            | "b3"
+            | "x-b3-traceid"
+            | "x-b3-spanid"
+            | "x-b3-parentspanid"
+            | "x-b3-sampled"
+            | "x-b3-flags"
+            | "uber-trace-id"
+            | "ot-tracer-traceid"
+            | "ot-tracer-spanid"
+            | "ot-tracer-sampled"
+    )
+}
+
 /// The first of `formats` that finds a context, and what it found.
 pub fn extract(formats: &[Format], headers: &HeaderMap) -> Option<(Format, Extracted)> {
+    // Most requests carry no context: one pass over the names they have is cheaper than
+    // looking up each name every extractor reads.
+    if !headers.keys().any(|k| is_context_header(k.as_str())) {
+        return None;
+    }
     formats.iter().find_map(|&f| {
         let found = match f {
             Format::W3c => w3c(headers),
@@ -405,53 +465,75 @@ impl InjectCtx {
 }
 
 /// The headers `format` writes for `ctx` (none for the formats not implemented here).
-pub fn inject(format: Format, ctx: &InjectCtx) -> Vec<(&'static str, String)> {
+pub fn inject(format: Format, ctx: &InjectCtx) -> Vec<(HeaderName, String)> {
+    let mut out = Vec::new();
+    inject_each(format, ctx, |name, value| out.push((name, value)));
+    out
+}
+
+/// [`inject`], each header handed to `emit` (no list built per request).
+pub fn inject_each(format: Format, ctx: &InjectCtx, mut emit: impl FnMut(HeaderName, String)) {
     let sampled = if ctx.sampled { "1" } else { "0" };
-    let span = to_hex(&ctx.span_id);
-    let parent = to_hex(&ctx.parent_id);
-    match format {
-        Format::W3c => vec![(
-            "traceparent",
-            format!(
-                "00-{}-{span}-{}",
-                ctx.trace_hex(&[16]),
-                if ctx.sampled { "01" } else { "00" }
-            ),
-        )],
+    let headers = match format {
+        // Every request that has a trace gets this one: written without the formatting
+        // machinery or intermediate strings.
+        Format::W3c => {
+            let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+            hex_into(&mut v[3..35], &ctx.trace_id);
+            hex_into(&mut v[36..52], &ctx.span_id);
+            if ctx.sampled {
+                v[54] = b'1';
+            }
+            emit(
+                names::TRACEPARENT,
+                String::from_utf8(v.to_vec()).unwrap_or_default(),
+            );
+            return;
+        }
         Format::B3 => {
             let mut h = vec![
-                ("x-b3-traceid", ctx.trace_hex(&[16, 8])),
-                ("x-b3-spanid", span),
-                ("x-b3-parentspanid", parent),
+                (names::B3_TRACEID, ctx.trace_hex(&[16, 8])),
+                (names::B3_SPANID, to_hex(&ctx.span_id)),
+                (names::B3_PARENTSPANID, to_hex(&ctx.parent_id)),
             ];
             if ctx.b3_debug {
-                h.push(("x-b3-flags", "1".into()));
+                h.push((names::B3_FLAGS, "1".into()));
             } else {
-                h.push(("x-b3-sampled", sampled.into()));
+                h.push((names::B3_SAMPLED, sampled.into()));
             }
             h
         }
         Format::B3Single => {
             let s = if ctx.b3_debug { "d" } else { sampled };
             vec![(
-                "b3",
-                format!("{}-{span}-{s}-{parent}", ctx.trace_hex(&[16, 8])),
+                names::B3,
+                format!(
+                    "{}-{}-{s}-{}",
+                    ctx.trace_hex(&[16, 8]),
+                    to_hex(&ctx.span_id),
+                    to_hex(&ctx.parent_id)
+                ),
             )]
         }
         Format::Jaeger => vec![(
-            "uber-trace-id",
+            names::UBER_TRACE_ID,
             format!(
-                "{}:{span}:{parent}:{}",
+                "{}:{}:{}:{}",
                 ctx.trace_hex(&[16, 8]),
+                to_hex(&ctx.span_id),
+                to_hex(&ctx.parent_id),
                 if ctx.sampled { "01" } else { "00" }
             ),
         )],
         Format::Ot => vec![
-            ("ot-tracer-traceid", ctx.trace_hex(&[8, 16])),
-            ("ot-tracer-spanid", span),
-            ("ot-tracer-sampled", sampled.into()),
+            (names::OT_TRACEID, ctx.trace_hex(&[8, 16])),
+            (names::OT_SPANID, to_hex(&ctx.span_id)),
+            (names::OT_SAMPLED, sampled.into()),
         ],
         Format::Datadog | Format::Aws | Format::Gcp | Format::Instana => Vec::new(),
+    };
+    for (name, value) in headers {
+        emit(name, value);
     }
 }
 
@@ -603,6 +685,30 @@ mod tests {
 
     #[test]
     fn injected_headers() {
+        let inj = |f, ctx: &InjectCtx| -> Vec<(&'static str, String)> {
+            inject(f, ctx)
+                .into_iter()
+                .map(|(n, v)| {
+                    let name = [
+                        "traceparent",
+                        "b3",
+                        "x-b3-traceid",
+                        "x-b3-spanid",
+                        "x-b3-parentspanid",
+                        "x-b3-sampled",
+                        "x-b3-flags",
+                        "uber-trace-id",
+                        "ot-tracer-traceid",
+                        "ot-tracer-spanid",
+                        "ot-tracer-sampled",
+                    ]
+                    .into_iter()
+                    .find(|k| *k == n.as_str())
+                    .unwrap();
+                    (name, v)
+                })
+                .collect()
+        };
         let mut ctx = InjectCtx {
             trace_id: [0xab; 16],
             trace_id_len: None,
@@ -612,14 +718,14 @@ mod tests {
             b3_debug: false,
         };
         assert_eq!(
-            inject(Format::W3c, &ctx),
+            inj(Format::W3c, &ctx),
             vec![(
                 "traceparent",
                 format!("00-{}-1111111111111111-01", "ab".repeat(16))
             )]
         );
         assert_eq!(
-            inject(Format::B3Single, &ctx),
+            inj(Format::B3Single, &ctx),
             vec![(
                 "b3",
                 format!("{}-1111111111111111-1-2222222222222222", "ab".repeat(16))
@@ -629,19 +735,24 @@ mod tests {
         ctx.trace_id_len = Some(8);
         ctx.sampled = false;
         assert_eq!(
-            inject(Format::Jaeger, &ctx),
+            inj(Format::Jaeger, &ctx),
             vec![(
                 "uber-trace-id",
                 format!("{}:1111111111111111:2222222222222222:00", "ab".repeat(8))
             )]
         );
-        assert_eq!(inject(Format::W3c, &ctx)[0].1.len(), 55);
+        assert_eq!(inj(Format::W3c, &ctx)[0].1.len(), 55);
         ctx.trace_id_len = None;
-        assert_eq!(inject(Format::Ot, &ctx)[0].1, "ab".repeat(8));
-        assert_eq!(
-            inject(Format::B3, &ctx)[3],
-            ("x-b3-sampled", "0".to_string())
-        );
+        assert_eq!(inj(Format::Ot, &ctx)[0].1, "ab".repeat(8));
+        assert_eq!(inj(Format::B3, &ctx)[3], ("x-b3-sampled", "0".to_string()));
+    }
+
+    #[test]
+    fn hex_of_any_length() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(to_hex(&bytes), expected);
+        assert_eq!(to_hex(&[]), "");
     }
 
     #[test]

@@ -65,8 +65,8 @@ struct ZipkinSink {
 impl Sink for ZipkinSink {
     type Item = ZipkinSpan;
 
-    async fn send(&self, batch: Vec<ZipkinSpan>) -> Result<(), String> {
-        let body = serde_json::to_vec(&batch).map_err(|e| format!("cannot encode spans: {e}"))?;
+    async fn send(&self, batch: &[ZipkinSpan]) -> Result<(), String> {
+        let body = serde_json::to_vec(batch).map_err(|e| format!("cannot encode spans: {e}"))?;
         let resp = self
             .client
             .post(self.url.clone())
