@@ -318,12 +318,19 @@ fn key_after_comma(out: &mut Vec<u8>, k: &str) {
     json::key(out, k);
 }
 
-/// The Kong log record of one request, as text.
-pub fn kong_record_text(entry: &LogEntry<'_>, ctx: &RequestCtx) -> String {
+/// The Kong log record of one request, as UTF-8 JSON bytes (what the logging plugins queue).
+pub fn kong_record_bytes(entry: &LogEntry<'_>, ctx: &RequestCtx) -> Vec<u8> {
+    // Room for a typical record (a dozen headers, route and service), so it is written
+    // without regrowing.
     let mut out = Vec::with_capacity(1536);
     write_kong_record(&mut out, entry, ctx);
+    out
+}
+
+/// The Kong log record of one request, as text.
+pub fn kong_record_text(entry: &LogEntry<'_>, ctx: &RequestCtx) -> String {
     // Everything written comes from `&str`s, lossily converted bytes and ASCII.
-    String::from_utf8(out).unwrap_or_else(|_| "{}".into())
+    String::from_utf8(kong_record_bytes(entry, ctx)).unwrap_or_else(|_| "{}".into())
 }
 
 /// The Kong log record of one request, as a JSON tree (for plugins that edit it).

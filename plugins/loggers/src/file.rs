@@ -2,7 +2,7 @@
 
 use crate::queue::{QueueConfig, Shipper, Sink};
 use portcullis_plugin_api::{
-    async_trait, parse_config, serialize::write_kong_record, BuildContext, ConfigError, LogEntry,
+    async_trait, parse_config, serialize::kong_record_bytes, BuildContext, ConfigError, LogEntry,
     Phases, Plugin, PluginFactory, RequestCtx,
 };
 use serde::Deserialize;
@@ -126,9 +126,7 @@ impl Plugin for FileLog {
     }
 
     fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
-        let mut record = Vec::with_capacity(1536);
-        write_kong_record(&mut record, entry, ctx);
-        self.shipper.queue.push(record);
+        self.shipper.queue.push(kong_record_bytes(entry, ctx));
     }
 
     async fn flush(&self) {

@@ -3,7 +3,7 @@
 
 use crate::queue::{QueueConfig, Shipper, Sink};
 use portcullis_plugin_api::{
-    async_trait, parse_config, serialize::write_kong_record, BuildContext, ConfigError, LogEntry,
+    async_trait, parse_config, serialize::kong_record_bytes, BuildContext, ConfigError, LogEntry,
     Phases, Plugin, PluginFactory, RequestCtx,
 };
 use serde::Deserialize;
@@ -183,9 +183,7 @@ impl<S: Sink<Item = Vec<u8>>> Plugin for NetLog<S> {
     }
 
     fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
-        let mut record = Vec::with_capacity(1536);
-        write_kong_record(&mut record, entry, ctx);
-        self.shipper.queue.push(record);
+        self.shipper.queue.push(kong_record_bytes(entry, ctx));
     }
 
     async fn flush(&self) {
