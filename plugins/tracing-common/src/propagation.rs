@@ -636,6 +636,44 @@ mod tests {
         assert!(e.b3_debug && e.sampled == Some(true));
     }
 
+    /// The pass over header names that skips extraction must know every header an extractor
+    /// reads on its own, among others of any kind.
+    #[test]
+    fn lone_context_headers_are_seen_among_others() {
+        let with_noise = |extra: &[(&str, &str)]| {
+            let mut list = vec![
+                ("host", "h"),
+                ("user-agent", "curl"),
+                ("x-b3", "no"),
+                ("traceparentx", "no"),
+            ];
+            list.extend_from_slice(extra);
+            headers(&list)
+        };
+        assert_eq!(extract(ALL, &with_noise(&[])), None);
+        let (_, e) = extract(ALL, &with_noise(&[("x-b3-sampled", "1")])).unwrap();
+        assert_eq!(e.sampled, Some(true));
+        let (f, e) = extract(
+            ALL,
+            &with_noise(&[(
+                "tracestate",
+                "b3=80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(f, Format::B3);
+        assert!(e.trace_id.is_some());
+        let (f, _) = extract(
+            ALL,
+            &with_noise(&[(
+                "Traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(f, Format::W3c);
+    }
+
     #[test]
     fn jaeger_uber_trace_id() {
         let h = headers(&[(
