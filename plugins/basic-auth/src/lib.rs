@@ -240,7 +240,7 @@ impl BasicAuth {
             };
             let key = (
                 username.to_string(),
-                openssl::sha::sha256(password.as_bytes()),
+                portcullis_plugin_api::sha256(password.as_bytes()),
             );
             wanted.push((key, password, cred.consumer.clone()));
         }

@@ -297,7 +297,8 @@ impl HmacAuth {
             Some(received) => {
                 let created = format!(
                     "SHA-256={}",
-                    base64::engine::general_purpose::STANDARD.encode(openssl::sha::sha256(body))
+                    base64::engine::general_purpose::STANDARD
+                        .encode(portcullis_plugin_api::sha256(body))
                 );
                 created == received
             }

@@ -638,7 +638,7 @@ impl Jwt {
             [None] => return Err(self.fail("bad_token", "Unrecognizable token")),
             _ => return Err(self.fail("multiple_tokens", "Multiple tokens provided")),
         };
-        let digest = openssl::sha::sha256(token.as_bytes());
+        let digest = portcullis_plugin_api::sha256(token.as_bytes());
         let verified = match self.cached(&digest) {
             Some(v) => v,
             None => {

@@ -192,7 +192,7 @@ impl KeyAuth {
         for cred in ctx.credentials_of(COLLECTION) {
             let Some(key) = cred.str("key") else { continue };
             keys.insert(
-                openssl::sha::sha256(key.as_bytes()),
+                portcullis_plugin_api::sha256(key.as_bytes()),
                 KeyEntry {
                     key: key.as_bytes().to_vec(),
                     credential_id: cred.id.clone(),
@@ -268,7 +268,10 @@ impl KeyAuth {
             Some(k) if !k.is_empty() => k,
             _ => return Err(("no_credentials", self.unauthorized(MSG_NO_KEY))),
         };
-        match self.keys.get(&openssl::sha::sha256(key.as_bytes())) {
+        match self
+            .keys
+            .get(&portcullis_plugin_api::sha256(key.as_bytes()))
+        {
             Some(entry) if secure_eq(&entry.key, key.as_bytes()) => Ok(entry),
             _ => Err(("invalid_credentials", self.unauthorized(MSG_INVALID))),
         }
