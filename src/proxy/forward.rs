@@ -3,38 +3,12 @@
 
 use std::net::IpAddr;
 
-/// The client address as a header value. IPv4 is formatted by hand: `Display` went through
-/// `core::fmt` for each octet, a measurable share of the header hook.
+/// The client address as a header value (IPv4 formatted by hand: `Display` went through
+/// `core::fmt` for each octet, a measurable share of the header hook).
 pub(super) fn ip_header_value(ip: std::net::IpAddr) -> http::HeaderValue {
-    let text;
-    let mut buf = [0u8; 15];
-    let bytes: &[u8] = match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut n = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if octet >= 100 {
-                    buf[n] = b'0' + octet / 100;
-                    n += 1;
-                }
-                if octet >= 10 {
-                    buf[n] = b'0' + octet / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + octet % 10;
-                n += 1;
-            }
-            &buf[..n]
-        }
-        std::net::IpAddr::V6(v6) => {
-            text = v6.to_string();
-            text.as_bytes()
-        }
-    };
-    http::HeaderValue::from_bytes(bytes).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    let mut buf = [0u8; portcullis_plugin_api::json::IP_TEXT_MAX];
+    http::HeaderValue::from_bytes(portcullis_plugin_api::json::ip_bytes(ip, &mut buf))
+        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 /// `example.com:8000` → `example.com`; `[::1]:8000` → `[::1]`.

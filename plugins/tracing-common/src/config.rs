@@ -271,7 +271,6 @@ pub fn timeout(
     }
 }
 
-/// An exporter's URL (Kong's `typedefs.url`, limited to what the client speaks).
 /// The exporters' HTTP client: Kong's `connect_timeout` for the connection, `send_timeout` +
 /// `read_timeout` for the whole exchange (reqwest has no separate send and read deadlines).
 pub fn exporter_client(
@@ -291,6 +290,7 @@ pub fn exporter_client(
         })
 }
 
+/// An exporter's URL (Kong's `typedefs.url`, limited to what the client speaks).
 pub fn endpoint(url: &str, field: &str, errors: &mut Vec<ConfigError>) -> Option<reqwest::Url> {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),

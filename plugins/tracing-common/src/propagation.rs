@@ -158,14 +158,11 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
 
 /// Through a stack buffer: `String::push` per character costs a UTF-8 encoding step each.
 fn push_hex(s: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     for chunk in bytes.chunks(32) {
         let mut buf = [0u8; 64];
-        for (i, b) in chunk.iter().enumerate() {
-            buf[2 * i] = HEX[usize::from(b >> 4)];
-            buf[2 * i + 1] = HEX[usize::from(b & 15)];
-        }
-        s.push_str(std::str::from_utf8(&buf[..2 * chunk.len()]).unwrap_or_default());
+        let hex = &mut buf[..2 * chunk.len()];
+        hex_into(hex, chunk);
+        s.push_str(std::str::from_utf8(hex).unwrap_or_default());
     }
 }
 
@@ -464,14 +461,8 @@ impl InjectCtx {
     }
 }
 
-/// The headers `format` writes for `ctx` (none for the formats not implemented here).
-pub fn inject(format: Format, ctx: &InjectCtx) -> Vec<(HeaderName, String)> {
-    let mut out = Vec::new();
-    inject_each(format, ctx, |name, value| out.push((name, value)));
-    out
-}
-
-/// [`inject`], each header handed to `emit` (no list built per request).
+/// The headers `format` writes for `ctx` (none for the formats not implemented here), each
+/// handed to `emit` (no list built per request).
 pub fn inject_each(format: Format, ctx: &InjectCtx, mut emit: impl FnMut(HeaderName, String)) {
     let sampled = if ctx.sampled { "1" } else { "0" };
     let headers = match format {
@@ -554,6 +545,13 @@ pub fn sample(trace_id: &[u8; 16], rate: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`inject_each`]'s headers as a list.
+    fn inject(format: Format, ctx: &InjectCtx) -> Vec<(HeaderName, String)> {
+        let mut out = Vec::new();
+        inject_each(format, ctx, |name, value| out.push((name, value)));
+        out
+    }
     use portcullis_plugin_api::http::{HeaderName, HeaderValue};
 
     fn headers(list: &[(&str, &str)]) -> HeaderMap {
