@@ -75,6 +75,7 @@ fn file_log_writes_kong_records_and_reopens_after_rotation() {
     for i in 0..3 {
         let r = at(&format!("/logged/{i}?q={i}"))
             .header("Authorization: Bearer top-secret")
+            .header("Host: Example.COM")
             .run();
         assert_eq!(r.status, 200);
     }
@@ -93,6 +94,12 @@ fn file_log_writes_kong_records_and_reopens_after_rotation() {
         assert_kong_record(rec, &format!("/logged/{i}"));
         assert_eq!(rec["request"]["querystring"]["q"], i.to_string());
         assert_eq!(rec["request"]["headers"]["authorization"], "REDACTED");
+        // Kong's url: nginx's $host (lower case, no port) and the port the client connected to.
+        assert_eq!(
+            rec["request"]["url"],
+            format!("http://example.com:{}/logged/{i}?q={i}", gw.http_port()),
+            "{rec}"
+        );
     }
     assert!(!std::fs::read_to_string(&path)
         .unwrap()

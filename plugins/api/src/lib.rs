@@ -904,9 +904,37 @@ pub fn header_list<S: AsRef<str>>(items: &[S]) -> String {
     out
 }
 
+/// nginx's `$host`: the Host header without its port.
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    // A byte scan from the end: hosts are short, and this runs for every traced request.
+    let b = host.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    let colon = b.len() - digits;
+    if colon == 0 || b[colon - 1] != b':' || b[..colon - 1].contains(&b':') {
+        return host;
+    }
+    &host[..colon - 1]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_port_is_dropped() {
+        assert_eq!(host_without_port("example.com:8000"), "example.com");
+        assert_eq!(host_without_port("[::1]:80"), "[::1]");
+        assert_eq!(host_without_port("::1"), "::1");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("example.com:"), "example.com");
+        assert_eq!(host_without_port("8000"), "8000");
+        assert_eq!(host_without_port(":80"), "");
+        assert_eq!(host_without_port("a:b:80"), "a:b:80");
+        assert_eq!(host_without_port("10.0.0.1:8"), "10.0.0.1");
+    }
 
     #[test]
     fn a_file_is_read_once_per_load_so_what_is_hashed_is_what_was_applied() {

@@ -138,6 +138,35 @@ fn querystring(out: &mut Vec<u8>, query: &str, redact: &[String]) {
     out.push(b'}');
 }
 
+/// Kong's `request.url` authority: nginx's `$host` (the Host without its port, lower case; the
+/// gateway's address when the client sent none) and the port the client connected to, so
+/// `Host: API.example.com` on port 8000 logs `api.example.com:8000` as Kong does.
+fn url_authority(out: &mut Vec<u8>, host: &str, server: Option<std::net::SocketAddr>) {
+    let host = crate::host_without_port(host);
+    if !host.is_empty() {
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            json::escape_into(out, &host.to_ascii_lowercase());
+        } else {
+            json::escape_into(out, host);
+        }
+    } else if let Some(addr) = server {
+        let mut buf = [0; json::IP_TEXT_MAX];
+        let v6 = addr.is_ipv6();
+        if v6 {
+            out.push(b'[');
+        }
+        out.extend_from_slice(json::ip_bytes(addr.ip(), &mut buf));
+        if v6 {
+            out.push(b']');
+        }
+    }
+    if let Some(addr) = server {
+        out.push(b':');
+        let mut buf = itoa::Buffer::new();
+        out.extend_from_slice(buf.format(addr.port()).as_bytes());
+    }
+}
+
 /// `uri` with the values of the `redact` query arguments replaced by `REDACTED`.
 fn redact_uri<'a>(uri: &'a str, redact: &[String]) -> std::borrow::Cow<'a, str> {
     if redact.is_empty() {
@@ -202,7 +231,7 @@ pub fn write_kong_record(out: &mut Vec<u8>, entry: &LogEntry<'_>, ctx: &RequestC
     out.extend_from_slice(b",\"url\":\"");
     json::escape_into(out, entry.scheme);
     out.extend_from_slice(b"://");
-    json::escape_into(out, entry.host);
+    url_authority(out, entry.host, ctx.server_addr);
     json::escape_into(out, &request_uri);
     out.extend_from_slice(b"\",\"querystring\":");
     querystring(out, entry.uri.query().unwrap_or(""), redact_q);
@@ -443,6 +472,7 @@ mod tests {
         ];
         let mut ctx = RequestCtx {
             client_ip: Some("::ffff:1.2.3.4".parse().unwrap()),
+            server_addr: Some("127.0.0.1:8443".parse().unwrap()),
             ..Default::default()
         };
         ctx.route_info = Some(Arc::new(crate::EntityInfo::new(
@@ -454,7 +484,7 @@ mod tests {
             method: &http::Method::POST,
             uri: &uri,
             version: http::Version::HTTP_2,
-            host: "h.test:8000",
+            host: "H.Test:8000",
             request_headers: &req,
             response_headers: Some(&resp),
             status: 502,
@@ -478,7 +508,7 @@ mod tests {
             json!({
                 "request": {
                     "uri": "/p%20x?a=1&a=2&b",
-                    "url": "https://h.test:8000/p%20x?a=1&a=2&b",
+                    "url": "https://h.test:8443/p%20x?a=1&a=2&b",
                     "querystring": {"a": ["1", "2"], "b": true},
                     "method": "POST",
                     "headers": {"host": "h.test:8000", "x-odd": "caf\u{fffd} \"q\""},
@@ -536,5 +566,27 @@ mod tests {
         );
         assert_eq!(v["cookie"], "REDACTED");
         assert_eq!(v["set-cookie"], json!(["REDACTED", "REDACTED"]));
+    }
+
+    #[test]
+    fn url_authority_is_kongs_host_and_server_port() {
+        let url = |host: &str, server: Option<&str>| {
+            let mut out = Vec::new();
+            url_authority(&mut out, host, server.map(|s| s.parse().unwrap()));
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            url("API.example.com", Some("10.0.0.1:8000")),
+            "api.example.com:8000"
+        );
+        assert_eq!(
+            url("api.example.com:80", Some("10.0.0.1:8000")),
+            "api.example.com:8000"
+        );
+        assert_eq!(url("[::1]:8443", Some("[::1]:8443")), "[::1]:8443");
+        assert_eq!(url("", Some("10.0.0.1:8000")), "10.0.0.1:8000");
+        assert_eq!(url("", Some("[2001:db8::1]:8000")), "[2001:db8::1]:8000");
+        assert_eq!(url("h.test", None), "h.test");
+        assert_eq!(url("a\"b", None), "a\\\"b");
     }
 }

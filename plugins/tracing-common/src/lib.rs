@@ -52,20 +52,7 @@ pub fn request_end(entry: &LogEntry<'_>) -> SystemTime {
         .unwrap_or(entry.started_at)
 }
 
-/// nginx's `$host`: the Host header without its port.
-pub fn host_without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map_or(host, |i| &host[..=i]);
-    }
-    // A byte scan from the end: hosts are short, and this runs for every traced request.
-    let b = host.as_bytes();
-    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
-    let colon = b.len() - digits;
-    if colon == 0 || b[colon - 1] != b':' || b[..colon - 1].contains(&b':') {
-        return host;
-    }
-    &host[..colon - 1]
-}
+pub use portcullis_plugin_api::host_without_port;
 
 #[cfg(test)]
 mod tests {
@@ -77,18 +64,5 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(id.matches('-').count(), 4);
         assert_eq!(node_id(), id);
-    }
-
-    #[test]
-    fn host_port_is_dropped() {
-        assert_eq!(host_without_port("example.com:8000"), "example.com");
-        assert_eq!(host_without_port("[::1]:80"), "[::1]");
-        assert_eq!(host_without_port("::1"), "::1");
-        assert_eq!(host_without_port("example.com"), "example.com");
-        assert_eq!(host_without_port("example.com:"), "example.com");
-        assert_eq!(host_without_port("8000"), "8000");
-        assert_eq!(host_without_port(":80"), "");
-        assert_eq!(host_without_port("a:b:80"), "a:b:80");
-        assert_eq!(host_without_port("10.0.0.1:8"), "10.0.0.1");
     }
 }
