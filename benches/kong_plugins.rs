@@ -208,11 +208,14 @@ async fn request(
             started_at: SystemTime::now(),
             latency: 0.001,
             upstream_latency: Some(0.0005),
+            upstream_sent: None,
+            upstream_status: None,
             upstream_uri: Some(view.uri.path()),
             tries: &[],
             error: None,
             scheme: "http",
             tls_version: None,
+            tls_cipher: None,
         };
         for p in plugins {
             p.log(&entry, &ctx);

@@ -54,6 +54,20 @@ fn assert_kong_record(rec: &Value, path_prefix: &str) {
     );
     assert_eq!(rec["tries"].as_array().unwrap().len(), 1, "{rec}");
     assert!(
+        rec["tries"][0]["balancer_start"].as_u64().unwrap() >= rec["started_at"].as_u64().unwrap(),
+        "{rec}"
+    );
+    assert_eq!(rec["upstream_status"], "200", "{rec}");
+    let lat = &rec["latencies"];
+    assert!(lat["receive"].as_i64().unwrap() >= 0, "{rec}");
+    assert!(
+        lat["kong"].as_i64().unwrap() + lat["proxy"].as_i64().unwrap()
+            <= lat["request"].as_i64().unwrap() + 1,
+        "{rec}"
+    );
+    // Plain HTTP: no `tls` object.
+    assert_eq!(rec["request"].get("tls"), None, "{rec}");
+    assert!(
         rec["response"]["headers"]["x-request-id"].is_string(),
         "{rec}"
     );
@@ -72,12 +86,14 @@ fn file_log_writes_kong_records_and_reopens_after_rotation() {
         ),
     );
     let at = |p: &str| Curl::at("http", "example.com", gw.http_port(), p);
+    let mut ids = Vec::new();
     for i in 0..3 {
         let r = at(&format!("/logged/{i}?q={i}"))
             .header("Authorization: Bearer top-secret")
             .header("Host: Example.COM")
             .run();
         assert_eq!(r.status, 200);
+        ids.push(r.header("x-request-id").unwrap().to_string());
     }
     let read_lines = |p: &std::path::Path| -> Vec<Value> {
         std::fs::read_to_string(p)
@@ -94,6 +110,7 @@ fn file_log_writes_kong_records_and_reopens_after_rotation() {
         assert_kong_record(rec, &format!("/logged/{i}"));
         assert_eq!(rec["request"]["querystring"]["q"], i.to_string());
         assert_eq!(rec["request"]["headers"]["authorization"], "REDACTED");
+        assert_eq!(rec["request"]["id"], ids[i], "{rec}");
         // Kong's url: nginx's $host (lower case, no port) and the port the client connected to.
         assert_eq!(
             rec["request"]["url"],
@@ -382,4 +399,92 @@ fn a_failed_connection_attempt_is_listed_in_tries() {
     assert_eq!(tries.len(), 1, "{rec}");
     assert_eq!(tries[0]["ip"], "127.0.0.1");
     assert_eq!(tries[0]["port"], dead);
+    // The only try: Kong records `state`/`code` on a try only when another followed it.
+    assert_eq!(tries[0].get("state"), None, "{rec}");
+    assert_eq!(rec["upstream_status"], "502", "{rec}");
+    assert_eq!(rec["latencies"]["proxy"], -1, "{rec}");
+}
+
+#[test]
+fn tls_records_carry_the_cipher_and_client_verification() {
+    let pki = Pki::new();
+    let server = pki.server_leaf("api", &["DNS:api.example.com"]);
+    let echo = HttpEcho::start("echo");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let gw = Gateway::builder()
+        .file("certs/root.crt", &pki.root.cert_pem)
+        .file("certs/api.chain.crt", &server.chain_pem)
+        .file("certs/api.key", &server.key_pem)
+        .file(
+            "gateway.yaml",
+            format!(
+                r#"ca_certificates:
+- name: clients
+  cert_file: certs/root.crt
+certificates:
+- name: api
+  cert_file: certs/api.chain.crt
+  key_file: certs/api.key
+  snis: [api.example.com]
+consumers:
+- username: alice
+services:
+- name: echo-svc
+  url: {url}
+  routes:
+  - name: logged
+    paths: [/logged]
+    plugins:
+    - name: mtls-auth
+      config: {{ca_certificates: [clients]}}
+    - name: file-log
+      config: {{path: {path}}}
+"#,
+                url = echo.url(),
+                path = path.display()
+            ),
+        )
+        .start();
+    let call = |cert: bool| {
+        let c = Curl::at("https", "api.example.com", gw.https_port(), "/logged")
+            .cacert(&pki.root.cert_path)
+            .arg("--tlsv1.3");
+        if cert {
+            c.cert(&pki.alice.cert_path, &pki.alice.key_path).run()
+        } else {
+            c.run()
+        }
+    };
+    assert_eq!(call(true).status, 200);
+    assert_eq!(call(false).status, 401);
+    let read = || -> Vec<Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_until("two records", Duration::from_secs(10), || read().len() == 2);
+    let recs = read();
+    let tls = &recs[0]["request"]["tls"];
+    assert_eq!(tls["version"], "TLSv1.3", "{}", recs[0]);
+    assert!(
+        tls["cipher"].as_str().unwrap().starts_with("TLS_AES_"),
+        "{}",
+        recs[0]
+    );
+    assert_eq!(tls["client_verify"], "SUCCESS", "{}", recs[0]);
+    assert_eq!(
+        recs[0]["request"]["url"],
+        format!("https://api.example.com:{}/logged", gw.https_port())
+    );
+    assert_eq!(recs[1]["response"]["status"], 401, "{}", recs[1]);
+    assert_eq!(
+        recs[1]["request"]["tls"]["client_verify"], "NONE",
+        "{}",
+        recs[1]
+    );
+    assert_eq!(recs[1]["upstream_status"], "", "{}", recs[1]);
+    assert_eq!(recs[1]["latencies"]["proxy"], -1, "{}", recs[1]);
 }

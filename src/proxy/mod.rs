@@ -76,6 +76,8 @@ pub struct Ctx {
     pub start: Instant,
     upstream_start: Option<Instant>,
     upstream_ttfb: Option<f64>,
+    /// The status the upstream answered, for log plugins (Kong's `upstream_status`).
+    upstream_status: Option<u16>,
     pub upstream_addr: Option<SocketAddr>,
     /// Targets of the balancer tried for this request.
     tried: Vec<usize>,
@@ -239,6 +241,7 @@ impl ProxyHttp for GatewayProxy {
             start: Instant::now(),
             upstream_start: None,
             upstream_ttfb: None,
+            upstream_status: None,
             upstream_addr: None,
             tried: Vec::new(),
             lease: None,
@@ -744,6 +747,7 @@ impl ProxyHttp for GatewayProxy {
         if let Some(t) = ctx.upstream_start {
             ctx.upstream_ttfb = Some(t.elapsed().as_secs_f64());
         }
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
         if let (Some(route), Some(lease)) = (&ctx.route, &ctx.lease) {
             if let Some(b) = &route.service.balancer {
                 b.report_passive(

@@ -29,11 +29,19 @@ pub(super) fn observe(tls: bool, session: &mut Session, e: Option<&Error>, ctx: 
                 started_at: std::time::SystemTime::now() - ctx.start.elapsed(),
                 latency: elapsed,
                 upstream_latency: ctx.upstream_ttfb,
+                upstream_sent: ctx
+                    .upstream_start
+                    .map(|t| t.duration_since(ctx.start).as_secs_f64()),
+                upstream_status: ctx.upstream_status,
                 upstream_uri: ctx.upstream_uri.as_deref(),
                 tries: &ctx.tries_log,
                 error: e.map(|e| e.etype().as_str()),
                 scheme: if tls { "https" } else { "http" },
                 tls_version: ctx.tls_version,
+                tls_cipher: session
+                    .digest()
+                    .and_then(|d| d.ssl_digest.as_ref())
+                    .map(|s| s.cipher.as_ref()),
             };
             chain::log(&chain, &entry, &ctx.plugin);
         }

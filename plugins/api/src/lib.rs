@@ -282,6 +282,10 @@ pub struct RequestCtx {
     pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Why authentication failed, for `portcullis_auth_failures_total{plugin,reason}`.
     pub auth_failure: Option<(&'static str, &'static str)>,
+    /// Kong's `kong.client.tls.set_client_verify`: `SUCCESS`, `NONE` or `FAILED:<reason>`, set
+    /// by the plugin that verified the client certificate; the log record's
+    /// `request.tls.client_verify` (`NONE` when unset).
+    pub client_verify: Option<std::borrow::Cow<'static, str>>,
     /// The upstream chosen for this request, once known (upstream request phase onwards).
     pub upstream: Option<UpstreamInfo>,
     /// Free-form values plugins hand each other.
@@ -729,6 +733,11 @@ pub struct LogEntry<'a> {
     pub latency: f64,
     /// Upstream time to first response byte, seconds.
     pub upstream_latency: Option<f64>,
+    /// Seconds from the request's start until it went upstream (the last try's connection
+    /// ready); `None` when it never did.
+    pub upstream_sent: Option<f64>,
+    /// The status the upstream answered (before any plugin changed the response).
+    pub upstream_status: Option<u16>,
     /// The path and query sent upstream.
     pub upstream_uri: Option<&'a str>,
     pub tries: &'a [Try],
@@ -738,6 +747,8 @@ pub struct LogEntry<'a> {
     pub scheme: &'static str,
     /// The TLS version of the client connection (`TLSv1.3`), when TLS.
     pub tls_version: Option<&'a str>,
+    /// The client connection's cipher, OpenSSL's name (nginx's `$ssl_cipher`).
+    pub tls_cipher: Option<&'a str>,
 }
 
 /// One configured plugin instance. Instances are built once per configuration and shared by

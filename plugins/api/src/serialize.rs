@@ -138,6 +138,26 @@ fn querystring(out: &mut Vec<u8>, query: &str, redact: &[String]) {
     out.push(b'}');
 }
 
+/// nginx's `$upstream_status`: one status per try, `, `-separated (502 for a try whose
+/// connection failed), empty when nothing was sent upstream.
+fn upstream_status(out: &mut Vec<u8>, entry: &LogEntry<'_>) {
+    let mut first = true;
+    let mut sep = |out: &mut Vec<u8>| {
+        if !first {
+            out.extend_from_slice(b", ");
+        }
+        first = false;
+    };
+    for _ in entry.tries.iter().filter(|t| t.connected_at.is_none()) {
+        sep(out);
+        out.extend_from_slice(b"502");
+    }
+    if let Some(status) = entry.upstream_status {
+        sep(out);
+        json::uint(out, status.into());
+    }
+}
+
 /// Kong's `request.url` authority: nginx's `$host` (the Host without its port, lower case; the
 /// gateway's address when the client sent none) and the port the client connected to, so
 /// `Host: API.example.com` on port 8000 logs `api.example.com:8000` as Kong does.
@@ -220,13 +240,21 @@ pub fn write_kong_record(out: &mut Vec<u8>, entry: &LogEntry<'_>, ctx: &RequestC
         .upstream_latency
         .map(|u| (u * 1000.0).round() as i64)
         .unwrap_or(-1);
-    let kong_ms = if proxy_ms >= 0 {
-        (request_ms - proxy_ms).max(0)
-    } else {
-        request_ms
+    // Kong's split: `kong` until the request went upstream, `proxy` waiting for the upstream's
+    // first byte, `receive` the rest (the response streamed back). Without an upstream answer
+    // the whole request is the gateway's.
+    let (kong_ms, receive_ms) = match (proxy_ms >= 0, entry.upstream_sent) {
+        (true, Some(sent)) => {
+            let kong = ((sent * 1000.0).round() as i64).clamp(0, request_ms.max(0));
+            (kong, (request_ms - kong - proxy_ms).max(0))
+        }
+        (true, None) => ((request_ms - proxy_ms).max(0), 0),
+        (false, _) => (request_ms, 0),
     };
 
-    out.extend_from_slice(b"{\"request\":{\"uri\":");
+    out.extend_from_slice(b"{\"request\":{\"id\":");
+    json::string(out, &ctx.request_id);
+    out.extend_from_slice(b",\"uri\":");
     json::string(out, &request_uri);
     out.extend_from_slice(b",\"url\":\"");
     json::escape_into(out, entry.scheme);
@@ -244,10 +272,17 @@ pub fn write_kong_record(out: &mut Vec<u8>, entry: &LogEntry<'_>, ctx: &RequestC
     if let Some(version) = entry.tls_version {
         out.extend_from_slice(b",\"tls\":{\"version\":");
         json::string(out, version);
+        out.extend_from_slice(b",\"cipher\":");
+        opt_string(out, entry.tls_cipher);
+        out.extend_from_slice(b",\"client_verify\":");
+        json::string(out, ctx.client_verify.as_deref().unwrap_or("NONE"));
         out.push(b'}');
     }
     out.extend_from_slice(b"},\"upstream_uri\":");
     json::string(out, &redact_uri(entry.upstream_uri.unwrap_or(""), redact_q));
+    out.extend_from_slice(b",\"upstream_status\":\"");
+    upstream_status(out, entry);
+    out.push(b'"');
 
     out.extend_from_slice(b",\"response\":{\"status\":");
     json::uint(out, entry.status.into());
@@ -273,6 +308,19 @@ pub fn write_kong_record(out: &mut Vec<u8>, entry: &LogEntry<'_>, ctx: &RequestC
         }
         out.extend_from_slice(b",\"balancer_latency\":");
         json::uint(out, t.connect_ms);
+        if let Some(start) = t
+            .started_at
+            .and_then(|s| s.duration_since(std::time::UNIX_EPOCH).ok())
+        {
+            out.extend_from_slice(b",\"balancer_start\":");
+            json::uint(out, start.as_millis() as u64);
+            out.extend_from_slice(b",\"balancer_start_ns\":");
+            json::uint(out, start.as_nanos() as u64);
+        }
+        // As Kong records a try that was followed by another: why it was left.
+        if t.connected_at.is_none() && i + 1 < entry.tries.len() {
+            out.extend_from_slice(b",\"state\":\"failed\",\"code\":502");
+        }
         out.push(b'}');
     }
     out.extend_from_slice(b"],\"latencies\":{\"kong\":");
@@ -281,6 +329,8 @@ pub fn write_kong_record(out: &mut Vec<u8>, entry: &LogEntry<'_>, ctx: &RequestC
     json::int(out, proxy_ms);
     out.extend_from_slice(b",\"request\":");
     json::int(out, request_ms);
+    out.extend_from_slice(b",\"receive\":");
+    json::int(out, receive_ms);
     out.extend_from_slice(b"},\"client_ip\":");
     match ctx.client_ip {
         Some(ip) => json::ip(out, ip),
@@ -406,11 +456,14 @@ mod tests {
             started_at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1500),
             latency: 0.010,
             upstream_latency: Some(0.004),
+            upstream_sent: None,
+            upstream_status: None,
             upstream_uri: Some("/up?jwt=tok"),
             tries: &[],
             error: None,
             scheme: "http",
             tls_version: None,
+            tls_cipher: None,
         };
         let r = kong_record(&entry, &ctx);
         let text = r.to_string();
@@ -427,6 +480,8 @@ mod tests {
         assert_eq!(r["latencies"]["request"], 10);
         assert_eq!(r["latencies"]["proxy"], 4);
         assert_eq!(r["latencies"]["kong"], 6);
+        assert_eq!(r["latencies"]["receive"], 0);
+        assert_eq!(r["upstream_status"], "");
         assert_eq!(r["consumer"]["username"], "alice");
         assert_eq!(r["authenticated_entity"]["id"], "cred-1");
         assert_eq!(r["client_ip"], "127.0.0.9");
@@ -456,7 +511,9 @@ mod tests {
             crate::Try {
                 addr: Some("10.0.0.1:8080".parse().unwrap()),
                 connect_ms: 3,
-                started_at: None,
+                started_at: Some(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_125),
+                ),
                 connected_at: None,
                 reused: false,
                 tls: false,
@@ -473,6 +530,8 @@ mod tests {
         let mut ctx = RequestCtx {
             client_ip: Some("::ffff:1.2.3.4".parse().unwrap()),
             server_addr: Some("127.0.0.1:8443".parse().unwrap()),
+            request_id: "4f1c0ffee".into(),
+            client_verify: Some("SUCCESS".into()),
             ..Default::default()
         };
         ctx.route_info = Some(Arc::new(crate::EntityInfo::new(
@@ -493,11 +552,14 @@ mod tests {
             started_at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
             latency: 0.0304,
             upstream_latency: None,
+            upstream_sent: None,
+            upstream_status: None,
             upstream_uri: Some("/up"),
             tries: &tries,
             error: Some("Connect\"Refused\n"),
             scheme: "https",
             tls_version: Some("TLSv1.3"),
+            tls_cipher: Some("TLS_AES_256_GCM_SHA384"),
         };
         let text = kong_record_text(&entry, &ctx);
         let r: Value = serde_json::from_str(&text).unwrap();
@@ -507,25 +569,39 @@ mod tests {
             r,
             json!({
                 "request": {
+                    "id": "4f1c0ffee",
                     "uri": "/p%20x?a=1&a=2&b",
                     "url": "https://h.test:8443/p%20x?a=1&a=2&b",
                     "querystring": {"a": ["1", "2"], "b": true},
                     "method": "POST",
                     "headers": {"host": "h.test:8000", "x-odd": "caf\u{fffd} \"q\""},
                     "size": req_size,
-                    "tls": {"version": "TLSv1.3"},
+                    "tls": {
+                        "version": "TLSv1.3",
+                        "cipher": "TLS_AES_256_GCM_SHA384",
+                        "client_verify": "SUCCESS",
+                    },
                 },
                 "upstream_uri": "/up",
+                "upstream_status": "502, 502",
                 "response": {
                     "status": 502,
                     "headers": {"content-type": "text/plain", "via": ["a", "b", "c"]},
                     "size": resp_size,
                 },
                 "tries": [
-                    {"ip": "10.0.0.1", "port": 8080, "balancer_latency": 3},
+                    {
+                        "ip": "10.0.0.1",
+                        "port": 8080,
+                        "balancer_latency": 3,
+                        "balancer_start": 1_700_000_000_125u64,
+                        "balancer_start_ns": 1_700_000_000_125_000_000u64,
+                        "state": "failed",
+                        "code": 502,
+                    },
                     {"ip": "::1", "port": 443, "balancer_latency": 0},
                 ],
-                "latencies": {"kong": 30, "proxy": -1, "request": 30},
+                "latencies": {"kong": 30, "proxy": -1, "request": 30, "receive": 0},
                 "client_ip": "::ffff:1.2.3.4",
                 "started_at": 1_700_000_000_123u64,
                 "source": "kong",
@@ -536,6 +612,7 @@ mod tests {
         let order = [
             "\"request\"",
             "\"upstream_uri\"",
+            "\"upstream_status\"",
             "\"response\"",
             "\"tries\"",
             "\"latencies\"",
@@ -566,6 +643,52 @@ mod tests {
         );
         assert_eq!(v["cookie"], "REDACTED");
         assert_eq!(v["set-cookie"], json!(["REDACTED", "REDACTED"]));
+    }
+
+    #[test]
+    fn latencies_split_as_kongs_and_upstream_status_lists_each_try() {
+        let headers = http::HeaderMap::new();
+        let uri: http::Uri = "/".parse().unwrap();
+        let t = |connected: bool| crate::Try {
+            addr: Some("10.0.0.1:80".parse().unwrap()),
+            connect_ms: 1,
+            started_at: None,
+            connected_at: connected.then(std::time::SystemTime::now),
+            reused: false,
+            tls: false,
+        };
+        let tries = [t(false), t(true)];
+        let entry = LogEntry {
+            method: &http::Method::GET,
+            uri: &uri,
+            version: http::Version::HTTP_11,
+            host: "h",
+            request_headers: &headers,
+            response_headers: Some(&headers),
+            status: 201,
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            started_at: std::time::UNIX_EPOCH,
+            latency: 0.030,
+            upstream_latency: Some(0.020),
+            upstream_sent: Some(0.005),
+            upstream_status: Some(200),
+            upstream_uri: Some("/"),
+            tries: &tries,
+            error: None,
+            scheme: "http",
+            tls_version: None,
+            tls_cipher: None,
+        };
+        let r = kong_record(&entry, &RequestCtx::default());
+        assert_eq!(
+            r["latencies"],
+            json!({"kong": 5, "proxy": 20, "request": 30, "receive": 5})
+        );
+        assert_eq!(r["upstream_status"], "502, 200");
+        assert_eq!(r["tries"][0]["state"], "failed");
+        assert_eq!(r["tries"][1].get("state"), None);
+        assert_eq!(r["request"].get("tls"), None);
     }
 
     #[test]

@@ -545,6 +545,14 @@ impl Plugin for MtlsAuth {
             _ => return self.reject(ctx, "no_certificate", MSG_NO_CERT),
         };
         let decision = self.decide(&cert).await;
+        // Kong's `kong.client.tls.set_client_verify`, for the log record: the chain verified
+        // (whether or not a consumer matched it), or why not.
+        ctx.client_verify = Some(match &*decision {
+            Decision::Reject { reason, .. } if *reason != "no_consumer" => {
+                format!("FAILED:{reason}").into()
+            }
+            _ => "SUCCESS".into(),
+        });
         match &*decision {
             Decision::Reject { reason, message } => self.reject(ctx, reason, message),
             Decision::Consumer {

@@ -161,6 +161,12 @@ fn assert_401(flow: &Flow, ctx: &RequestCtx, message: &str, reason: &str) {
     assert_eq!(ctx.auth_failure, Some(("mtls-auth", reason)));
     assert!(ctx.consumer.is_none());
     assert!(ctx.upstream_headers.is_empty());
+    let verify = match reason {
+        "no_certificate" => None,
+        "no_consumer" => Some("SUCCESS".to_string()),
+        r => Some(format!("FAILED:{r}")),
+    };
+    assert_eq!(ctx.client_verify.as_deref(), verify.as_deref());
 }
 
 #[track_caller]
@@ -409,6 +415,7 @@ async fn default_consumer_when_nothing_matches() {
     // A matching consumer still wins, and verification still applies.
     let (flow, ctx) = run(&p, Some(w.bob().presented())).await;
     assert_consumer(&flow, &ctx, "c-bob");
+    assert_eq!(ctx.client_verify.as_deref(), Some("SUCCESS"));
     let stranger = w.other.issue(&Leaf::new("carol", 0x320));
     let (flow, ctx) = run(&p, Some(stranger.presented())).await;
     assert_401(

@@ -752,11 +752,14 @@ mod tests {
             started_at: t0,
             latency: 0.010,
             upstream_latency: Some(0.004),
+            upstream_sent: None,
+            upstream_status: None,
             upstream_uri: Some("/p?q=1"),
             tries: &tries,
             error: None,
             scheme: "http",
             tls_version: None,
+            tls_cipher: None,
         };
         let mut ctx = RequestCtx {
             client_ip: Some("127.0.0.9".parse().unwrap()),

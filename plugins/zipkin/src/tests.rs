@@ -217,11 +217,14 @@ fn log_entry<'a>(
         started_at,
         latency,
         upstream_latency: None,
+        upstream_sent: None,
+        upstream_status: None,
         upstream_uri: None,
         tries: &[],
         error: None,
         scheme: "http",
         tls_version: None,
+        tls_cipher: None,
     }
 }
 
