@@ -144,6 +144,13 @@ services:
   - name: http-log
     paths: [/http-log]
     plugins: [{name: http-log, config: {http_endpoint: "http://127.0.0.1:9/logs"}}]
+  - name: http-log-custom-fields
+    paths: [/http-log-custom-fields]
+    plugins:
+    - name: http-log
+      config:
+        http_endpoint: "http://127.0.0.1:9/logs"
+        custom_fields: {env: production, team: "$(headers.x_team or 'none')", request.headers.user-agent: null}
 "#;
 
 /// One request through `plugins`, every declared phase; `true` when it was let through.

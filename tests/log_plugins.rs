@@ -331,6 +331,73 @@ fn bad_logger_config_is_located() {
         all.contains("conf/gateway.yaml:8:15: services[0].plugins[0].config.method: expected one of: POST, PUT, PATCH"),
         "{all}"
     );
+    let conf = ConfDir::new().with(
+        "gateway.yaml",
+        "services:\n- name: s\n  url: http://127.0.0.1:9\n  plugins:\n  - name: file-log\n    config:\n      path: /tmp/x.log\n      custom_fields:\n        team: $(kong.request.get_header('x'))\n",
+    );
+    let out = check(&conf);
+    let all = out.all();
+    assert_eq!(out.code, 1, "{all}");
+    assert!(
+        all.contains("conf/gateway.yaml:9:15: services[0].plugins[0].config.custom_fields.team: template '$(kong.request.get_header('x'))' is not supported"),
+        "{all}"
+    );
+}
+
+#[test]
+fn custom_fields_add_template_and_remove_record_fields() {
+    let echo = HttpEcho::start("echo");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let gw = gateway(
+        &echo,
+        &format!(
+            r#"    - name: file-log
+      config:
+        path: {}
+        custom_fields_by_lua: {{team: "return kong.request.get_header('x-team')"}}
+        custom_fields:
+          env: production
+          team: $(headers.x_team or 'none')
+          request.headers.user-agent: null
+          meta.shard: 7
+"#,
+            path.display()
+        ),
+    );
+    let at = |team: Option<&str>| {
+        let c = Curl::at("http", "example.com", gw.http_port(), "/logged");
+        match team {
+            Some(t) => c.header(&format!("X-Team: {t}")).run(),
+            None => c.run(),
+        }
+    };
+    assert_eq!(at(Some("payments")).status, 200);
+    assert_eq!(at(None).status, 200);
+    let read = || -> Vec<Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_until("two records", Duration::from_secs(10), || read().len() == 2);
+    let recs = read();
+    for rec in &recs {
+        assert_kong_record(rec, "/logged");
+        assert_eq!(rec["env"], "production", "{rec}");
+        assert_eq!(rec["meta"]["shard"], 7, "{rec}");
+        assert_eq!(rec["request"]["headers"].get("user-agent"), None, "{rec}");
+    }
+    assert_eq!(recs[0]["team"], "payments");
+    assert_eq!(recs[1]["team"], "none");
+    let out = check(gw.conf());
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.all().contains(".config.custom_fields_by_lua: warning: custom_fields_by_lua is accepted and ignored: Portcullis runs no Lua"),
+        "{}",
+        out.all()
+    );
 }
 
 #[test]

@@ -36,6 +36,7 @@ pub mod json;
 mod registry;
 pub mod serialize;
 pub mod state;
+pub mod template;
 pub mod tls;
 
 pub use registry::Registry;

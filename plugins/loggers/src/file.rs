@@ -1,9 +1,10 @@
 //! file-log: one JSON record per line appended to `path`.
 
+use crate::fields::Record;
 use crate::queue::{QueueConfig, Shipper, Sink};
 use portcullis_plugin_api::{
-    async_trait, parse_config, serialize::kong_record_bytes, BuildContext, ConfigError, LogEntry,
-    Phases, Plugin, PluginFactory, RequestCtx,
+    async_trait, parse_config, BuildContext, ConfigError, LogEntry, Phases, Plugin, PluginFactory,
+    RequestCtx,
 };
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -20,9 +21,13 @@ struct Config {
     path: String,
     #[serde(default)]
     reopen: bool,
-    /// Lua has no place here: accepted so Kong files load, ignored with a warning.
+    /// Lua: accepted so Kong files load, never run (the loader warns at its location).
+    #[serde(default, rename = "custom_fields_by_lua")]
+    _custom_fields_by_lua: Option<serde::de::IgnoredAny>,
+    /// Portcullis's stand-in for `custom_fields_by_lua`: record fields set from values and
+    /// templates (see `fields.rs`).
     #[serde(default)]
-    custom_fields_by_lua: Option<serde_json::Value>,
+    custom_fields: Option<serde_json::Value>,
 }
 
 struct FileSink {
@@ -66,6 +71,7 @@ impl Sink for FileSink {
 
 struct FileLog {
     shipper: Arc<Shipper<FileSink>>,
+    record: Record,
 }
 
 pub struct FileLogFactory;
@@ -87,12 +93,7 @@ impl PluginFactory for FileLogFactory {
                 "not a valid filename (Kong's rule: no *, &, %, \\ or `)",
             )]);
         }
-        if c.custom_fields_by_lua.is_some() {
-            tracing::warn!(
-                plugin = NAME,
-                "custom_fields_by_lua is accepted but ignored: Portcullis runs no Lua"
-            );
-        }
+        let record = Record::from_config(c.custom_fields.as_ref())?;
         let sink = FileSink {
             path: PathBuf::from(&c.path),
             reopen: c.reopen,
@@ -107,6 +108,7 @@ impl PluginFactory for FileLogFactory {
         };
         Ok(Arc::new(FileLog {
             shipper: Shipper::new(NAME, q, sink),
+            record,
         }))
     }
 }
@@ -122,11 +124,11 @@ impl Plugin for FileLog {
     }
 
     fn phases(&self) -> Phases {
-        Phases::LOG
+        self.record.phases()
     }
 
     fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
-        self.shipper.queue.push(kong_record_bytes(entry, ctx));
+        self.shipper.queue.push(self.record.bytes(entry, ctx));
     }
 
     async fn flush(&self) {

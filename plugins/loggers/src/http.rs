@@ -1,10 +1,11 @@
 //! http-log: records POSTed (or PUT/PATCHed) as JSON to `http_endpoint`, one object per request
 //! with `queue.max_batch_size: 1`, else JSON arrays of up to that many records.
 
+use crate::fields::Record;
 use crate::queue::{QueueConfig, Shipper, Sink};
 use portcullis_plugin_api::{
-    async_trait, parse_config, serialize::kong_record_bytes, BuildContext, ConfigError, LogEntry,
-    Phases, Plugin, PluginFactory, RequestCtx,
+    async_trait, parse_config, BuildContext, ConfigError, LogEntry, Phases, Plugin, PluginFactory,
+    RequestCtx,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -52,8 +53,13 @@ struct Config {
     queue_size: Option<u64>,
     #[serde(default)]
     flush_timeout: Option<f64>,
+    /// Lua: accepted so Kong files load, never run (the loader warns at its location).
+    #[serde(default, rename = "custom_fields_by_lua")]
+    _custom_fields_by_lua: Option<serde::de::IgnoredAny>,
+    /// Portcullis's stand-in for `custom_fields_by_lua`: record fields set from values and
+    /// templates (see `fields.rs`).
     #[serde(default)]
-    custom_fields_by_lua: Option<serde_json::Value>,
+    custom_fields: Option<serde_json::Value>,
 }
 
 struct HttpSink {
@@ -115,6 +121,7 @@ impl Sink for HttpSink {
 
 struct HttpLog {
     shipper: Arc<Shipper<HttpSink>>,
+    record: Record,
 }
 
 pub struct HttpLogFactory;
@@ -225,12 +232,10 @@ impl PluginFactory for HttpLogFactory {
         };
         queue.check(&mut errors);
         let _ = c.retry_count;
-        if c.custom_fields_by_lua.is_some() {
-            tracing::warn!(
-                plugin = NAME,
-                "custom_fields_by_lua is accepted but ignored: Portcullis runs no Lua"
-            );
-        }
+        let record = Record::from_config(c.custom_fields.as_ref()).unwrap_or_else(|e| {
+            errors.extend(e);
+            Record::default()
+        });
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(c.timeout.max(1.0) as u64))
             .pool_idle_timeout(Duration::from_millis(c.keepalive.max(0.0) as u64))
@@ -273,6 +278,7 @@ impl PluginFactory for HttpLogFactory {
         };
         Ok(Arc::new(HttpLog {
             shipper: Shipper::new(NAME, queue, sink),
+            record,
         }))
     }
 }
@@ -292,11 +298,11 @@ impl Plugin for HttpLog {
     }
 
     fn phases(&self) -> Phases {
-        Phases::LOG
+        self.record.phases()
     }
 
     fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
-        self.shipper.queue.push(kong_record_bytes(entry, ctx));
+        self.shipper.queue.push(self.record.bytes(entry, ctx));
     }
 
     async fn flush(&self) {

@@ -1,10 +1,11 @@
 //! tcp-log and udp-log: records sent to `host:port` — over TCP (optionally TLS), one JSON
 //! object per line; over UDP, one datagram per record.
 
+use crate::fields::Record;
 use crate::queue::{QueueConfig, Shipper, Sink};
 use portcullis_plugin_api::{
-    async_trait, parse_config, serialize::kong_record_bytes, BuildContext, ConfigError, LogEntry,
-    Phases, Plugin, PluginFactory, RequestCtx,
+    async_trait, parse_config, BuildContext, ConfigError, LogEntry, Phases, Plugin, PluginFactory,
+    RequestCtx,
 };
 use serde::Deserialize;
 use std::sync::Arc;
@@ -31,8 +32,13 @@ struct TcpConfig {
     tls: bool,
     #[serde(default)]
     tls_sni: Option<String>,
+    /// Lua: accepted so Kong files load, never run (the loader warns at its location).
+    #[serde(default, rename = "custom_fields_by_lua")]
+    _custom_fields_by_lua: Option<serde::de::IgnoredAny>,
+    /// Portcullis's stand-in for `custom_fields_by_lua`: record fields set from values and
+    /// templates (see `fields.rs`).
     #[serde(default)]
-    custom_fields_by_lua: Option<serde_json::Value>,
+    custom_fields: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,8 +48,13 @@ struct UdpConfig {
     port: u16,
     #[serde(default = "d_timeout")]
     timeout: f64,
+    /// Lua: accepted so Kong files load, never run (the loader warns at its location).
+    #[serde(default, rename = "custom_fields_by_lua")]
+    _custom_fields_by_lua: Option<serde::de::IgnoredAny>,
+    /// Portcullis's stand-in for `custom_fields_by_lua`: record fields set from values and
+    /// templates (see `fields.rs`).
     #[serde(default)]
-    custom_fields_by_lua: Option<serde_json::Value>,
+    custom_fields: Option<serde_json::Value>,
 }
 
 fn check_common(host: &str, port: u16, timeout: f64, errors: &mut Vec<ConfigError>) {
@@ -166,6 +177,7 @@ struct NetLog<S: Sink> {
     name: &'static str,
     priority: i32,
     shipper: Arc<Shipper<S>>,
+    record: Record,
 }
 
 #[async_trait]
@@ -179,11 +191,11 @@ impl<S: Sink<Item = Vec<u8>>> Plugin for NetLog<S> {
     }
 
     fn phases(&self) -> Phases {
-        Phases::LOG
+        self.record.phases()
     }
 
     fn log(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) {
-        self.shipper.queue.push(kong_record_bytes(entry, ctx));
+        self.shipper.queue.push(self.record.bytes(entry, ctx));
     }
 
     async fn flush(&self) {
@@ -216,6 +228,10 @@ impl PluginFactory for TcpLogFactory {
         let c: TcpConfig = parse_config(config).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
         check_common(&c.host, c.port, c.timeout, &mut errors);
+        let record = Record::from_config(c.custom_fields.as_ref()).unwrap_or_else(|e| {
+            errors.extend(e);
+            Record::default()
+        });
         if !(c.keepalive.is_finite() && c.keepalive >= 0.0) {
             errors.push(ConfigError::new(
                 "keepalive",
@@ -237,12 +253,6 @@ impl PluginFactory for TcpLogFactory {
         if !errors.is_empty() {
             return Err(errors);
         }
-        if c.custom_fields_by_lua.is_some() {
-            tracing::warn!(
-                plugin = "tcp-log",
-                "custom_fields_by_lua is accepted but ignored: Portcullis runs no Lua"
-            );
-        }
         let sink = TcpSink {
             host: c.host,
             port: c.port,
@@ -255,6 +265,7 @@ impl PluginFactory for TcpLogFactory {
             name: "tcp-log",
             priority: 7,
             shipper: Shipper::new("tcp-log", batch_queue(), sink),
+            record,
         }))
     }
 }
@@ -280,14 +291,12 @@ impl PluginFactory for UdpLogFactory {
         let c: UdpConfig = parse_config(config).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
         check_common(&c.host, c.port, c.timeout, &mut errors);
+        let record = Record::from_config(c.custom_fields.as_ref()).unwrap_or_else(|e| {
+            errors.extend(e);
+            Record::default()
+        });
         if !errors.is_empty() {
             return Err(errors);
-        }
-        if c.custom_fields_by_lua.is_some() {
-            tracing::warn!(
-                plugin = "udp-log",
-                "custom_fields_by_lua is accepted but ignored: Portcullis runs no Lua"
-            );
         }
         let target = if c.host.contains(':') {
             format!("[{}]:{}", c.host, c.port)
@@ -302,6 +311,7 @@ impl PluginFactory for UdpLogFactory {
             name: "udp-log",
             priority: 8,
             shipper: Shipper::new("udp-log", batch_queue(), sink),
+            record,
         }))
     }
 }

@@ -13,17 +13,15 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-mod template;
-
 use std::sync::Arc;
 
+use portcullis_plugin_api::template::Template;
 use portcullis_plugin_api::{
     async_trait, parse_config, percent_encode, query_args, BuildContext, ConfigError, Flow, Phases,
     Plugin, PluginFactory, PluginResponse, RequestCtx, RequestView,
 };
 use serde::Deserialize;
 use serde_json::Value;
-use template::Template;
 
 pub const NAME: &str = "request-transformer";
 /// Kong's PRIORITY: after authentication, so templates may read what auth plugins set.

@@ -1,10 +1,10 @@
 //! Kong's request-transformer templates (`$(headers.x)`, `$(query_params["y"])`,
 //! `$(uri_captures.name)`, `$(uri_captures[1])`, `$(shared.z)`, `… or 'default'`), parsed when
-//! the configuration loads. Kong evaluates these as Lua; Portcullis runs no Lua, so only these
+//! the configuration loads; the logging plugins' `custom_fields` values use them too. Kong evaluates these as Lua; Portcullis runs no Lua, so only these
 //! lookups (and `or` between them and string literals) are accepted, anything else is a load
 //! error rather than a silently different value.
 
-use portcullis_plugin_api::{RequestCtx, RequestView};
+use crate::{RequestCtx, RequestView};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Lookup {
@@ -184,7 +184,7 @@ fn parse_lookup(a: &str) -> Option<Lookup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_plugin_api::UriCaptures;
+    use crate::UriCaptures;
     use std::sync::Arc;
 
     fn render(t: &str, uri: &str, headers: &[(&str, &str)]) -> String {
