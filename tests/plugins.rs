@@ -799,3 +799,52 @@ fn one_instance_per_scope_is_a_load_error() {
     let out = check(&conf);
     assert_eq!(out.code, 0, "{}", out.all());
 }
+
+/// Warnings a plugin raises while its instance is built (deprecated fields, an ignored setting,
+/// a risky default) carry the file, line and column of the field, in `portcullis check` and in
+/// the log at startup — the plugins are built before logging is set up, so they must not go
+/// through `tracing`.
+#[test]
+fn plugin_build_warnings_are_located_and_logged_at_startup() {
+    let echo = HttpEcho::start("echo");
+    let yaml = format!(
+        r#"services:
+- name: s
+  url: {url}
+  routes:
+  - name: r
+    paths: [/]
+    plugins:
+    - name: session
+    - name: opentelemetry
+      config:
+        endpoint: http://127.0.0.1:9/v1/traces
+        propagation:
+          extract: [w3c, aws]
+"#,
+        url = echo.url()
+    );
+    let gw = Gateway::start(&yaml);
+    let out = check(gw.conf());
+    let all = out.all();
+    assert_eq!(out.code, 0, "{all}");
+    for expected in [
+        "conf/gateway.yaml:8:7: services[0].routes[0].plugins[0].config: warning: no secret configured: a random one is used",
+        "conf/gateway.yaml:11:19: services[0].routes[0].plugins[1].config.endpoint: warning: endpoint is deprecated, please use traces_endpoint instead",
+        "services[0].routes[0].plugins[1].config.propagation: warning: the aws propagation format is not implemented",
+    ] {
+        assert!(all.contains(expected), "{expected}\n{all}");
+    }
+    assert_eq!(
+        Curl::at("http", "example.com", gw.http_port(), "/")
+            .run()
+            .status,
+        200
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("configuration warning")
+            && log.contains("no secret configured: a random one is used"),
+        "{log}"
+    );
+}

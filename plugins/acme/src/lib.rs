@@ -73,8 +73,9 @@ impl PluginFactory for Factory {
         let http = client::OpensslHttp::new(&settings.api_ca_pem)
             .map_err(|e| vec![ConfigError::new("api_ca_certificates", e)])?;
         if settings.preferred_chain.is_some() {
-            tracing::warn!(
-                "acme: preferred_chain is not honoured: the CA's default chain is served"
+            ctx.warn(
+                "preferred_chain",
+                "preferred_chain is not honoured: the CA's default chain is served",
             );
         }
         // Adopted when the gateway applies this configuration (`certificates`), not here:

@@ -160,9 +160,21 @@ pub struct BuildContext {
     pub service_id: Option<String>,
     /// Files read for this configuration; read them with [`BuildContext::read_file`].
     pub files: FileLog,
+    /// What [`BuildContext::warn`] collected for the instance being built.
+    pub warnings: std::sync::Mutex<Vec<ConfigError>>,
 }
 
 impl BuildContext {
+    /// A warning about the instance's config (a deprecated or ignored field, a risky default):
+    /// the loader reports it with the file, line and column of `path` (a field of the plugin's
+    /// `config`; empty for the config as a whole) — at startup, on reload and in
+    /// `portcullis check`. Build runs before logging is set up, so `tracing` would lose it.
+    pub fn warn(&self, path: impl Into<String>, message: impl Into<String>) {
+        if let Ok(mut w) = self.warnings.lock() {
+            w.push(ConfigError::new(path, message));
+        }
+    }
+
     /// A file the plugin's config names, relative to the conf directory. Through here, the
     /// configuration hash covers the very bytes the plugin uses.
     pub fn read_file(&self, rel: &str) -> std::io::Result<Arc<[u8]>> {

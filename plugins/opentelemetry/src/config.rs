@@ -2,7 +2,7 @@
 //! record of kong/observability/tracing/propagation/schema.lua).
 
 use portcullis_loggers::queue::QueueConfig;
-use portcullis_plugin_api::ConfigError;
+use portcullis_plugin_api::{BuildContext, ConfigError};
 use portcullis_tracing_common::{Format, Propagation, PropagationConfig, PropagationFields};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -60,14 +60,15 @@ impl Config {
 
     /// Kong's `queue`: absent means `max_batch_size: 200`; the deprecated batch fields override
     /// it when set to anything but their old defaults (Kong's `Queue.get_plugin_params`).
-    pub fn queue(&self, errors: &mut Vec<ConfigError>) -> QueueConfig {
+    pub fn queue(&self, errors: &mut Vec<ConfigError>, ctx: &BuildContext) -> QueueConfig {
         let mut q = self.queue.clone().unwrap_or_else(|| QueueConfig {
             max_batch_size: 200,
             ..QueueConfig::default()
         });
         if let Some(n) = self.batch_span_count.filter(|n| *n != 200) {
-            tracing::warn!(
-                "opentelemetry: config.batch_span_count is deprecated, please use config.queue.max_batch_size instead"
+            ctx.warn(
+                "batch_span_count",
+                "batch_span_count is deprecated, please use queue.max_batch_size instead",
             );
             match u64::try_from(n) {
                 Ok(n) => q.max_batch_size = n,
@@ -78,8 +79,9 @@ impl Config {
             }
         }
         if let Some(d) = self.batch_flush_delay.filter(|d| *d != 3) {
-            tracing::warn!(
-                "opentelemetry: config.batch_flush_delay is deprecated, please use config.queue.max_coalescing_delay instead"
+            ctx.warn(
+                "batch_flush_delay",
+                "batch_flush_delay is deprecated, please use queue.max_coalescing_delay instead",
             );
             q.max_coalescing_delay = d as f64;
         }

@@ -199,14 +199,17 @@ impl PluginFactory for OpenTelemetryFactory {
     fn build(
         &self,
         config: &serde_json::Value,
-        _ctx: &BuildContext,
+        ctx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
         let c: config::Config = parse_config(config).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
         let traces_url = match (&c.traces_endpoint, &c.endpoint) {
             (Some(u), _) => endpoint(u, "traces_endpoint", &mut errors),
             (None, Some(u)) => {
-                tracing::warn!("OpenTelemetry: config.endpoint is deprecated, please use config.traces_endpoint instead");
+                ctx.warn(
+                    "endpoint",
+                    "endpoint is deprecated, please use traces_endpoint instead",
+                );
                 endpoint(u, "endpoint", &mut errors)
             }
             (None, None) => None,
@@ -265,10 +268,9 @@ impl PluginFactory for OpenTelemetryFactory {
                 ),
                 serde_json::Value::String(text) => {
                     if text.contains("$(") {
-                        tracing::warn!(
-                            plugin = NAME,
-                            attribute = %k,
-                            "resource attribute templates are Lua expressions, which Portcullis does not run: the value is sent as written"
+                        ctx.warn(
+                            format!("resource_attributes.{k}"),
+                            "resource attribute templates are Lua expressions, which Portcullis does not run: the value is sent as written",
                         );
                     }
                     attrs.insert(k.clone(), text.clone());
@@ -303,10 +305,13 @@ impl PluginFactory for OpenTelemetryFactory {
             &mut errors,
         );
         let propagation = c.propagation(&mut errors);
-        let queue = c.queue(&mut errors);
-        propagation.warn_unsupported(NAME);
+        let queue = c.queue(&mut errors, ctx);
+        propagation.warn_unsupported(ctx);
         if c.header_type.as_deref().is_some_and(|h| h != "preserve") {
-            tracing::warn!("opentelemetry: config.header_type is deprecated, please use config.propagation options instead");
+            ctx.warn(
+                "header_type",
+                "header_type is deprecated, please use the propagation options instead",
+            );
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -878,12 +883,22 @@ mod tests {
     #[test]
     fn deprecated_batch_fields_override_the_queue() {
         let c: config::Config = parse_config(&json!({"traces_endpoint": "http://x/"})).unwrap();
-        assert_eq!(c.queue(&mut Vec::new()).max_batch_size, 200);
+        let ctx = BuildContext::default();
+        assert_eq!(c.queue(&mut Vec::new(), &ctx).max_batch_size, 200);
+        assert!(ctx.warnings.lock().unwrap().is_empty());
         let c: config::Config = parse_config(&json!({
             "traces_endpoint": "http://x/", "batch_span_count": 7, "batch_flush_delay": 9
         }))
         .unwrap();
-        let q = c.queue(&mut Vec::new());
+        let q = c.queue(&mut Vec::new(), &ctx);
         assert_eq!((q.max_batch_size, q.max_coalescing_delay), (7, 9.0));
+        let warned: Vec<String> = ctx
+            .warnings
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|w| w.path.clone())
+            .collect();
+        assert_eq!(warned, ["batch_span_count", "batch_flush_delay"]);
     }
 }

@@ -438,10 +438,9 @@ impl Session {
             }
             Some(s) => s.as_bytes(),
             None => {
-                tracing::warn!(
-                    plugin = NAME,
-                    instance = %ctx.instance_id,
-                    "no `secret` configured: a random one is used, so sessions end when the process restarts and are not shared between replicas"
+                ctx.warn(
+                    "secret",
+                    "no secret configured: a random one is used, so sessions end when the process restarts and are not shared between replicas",
                 );
                 process_secret()
             }

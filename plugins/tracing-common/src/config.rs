@@ -4,7 +4,7 @@
 
 use crate::propagation::{self, Extracted, Format, InjectCtx};
 use portcullis_plugin_api::http::{HeaderMap, HeaderValue};
-use portcullis_plugin_api::{ConfigError, RequestCtx};
+use portcullis_plugin_api::{BuildContext, ConfigError, RequestCtx};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, Default)]
@@ -192,7 +192,7 @@ impl Propagation {
 
     /// Warns once per instance about configured formats whose headers are neither read nor
     /// written here.
-    pub fn warn_unsupported(&self, plugin: &'static str) {
+    pub fn warn_unsupported(&self, ctx: &BuildContext) {
         let injected = self.inject.iter().filter_map(|i| match i {
             Inject::Format(f) => Some(f),
             Inject::Preserve => None,
@@ -203,10 +203,12 @@ impl Propagation {
             .chain(injected)
             .filter(|f| !f.supported())
         {
-            tracing::warn!(
-                plugin,
-                format = f.name(),
-                "this propagation format is not implemented: its headers are neither read nor written"
+            ctx.warn(
+                "propagation",
+                format!(
+                    "the {} propagation format is not implemented: its headers are neither read nor written",
+                    f.name()
+                ),
             );
         }
     }

@@ -2,7 +2,7 @@
 //! resolved into the settings the plugin runs with.
 
 use portcullis_loggers::queue::QueueConfig;
-use portcullis_plugin_api::ConfigError;
+use portcullis_plugin_api::{BuildContext, ConfigError};
 use portcullis_tracing_common::config::{check_header_name, endpoint, timeout};
 use portcullis_tracing_common::{Format, Propagation, PropagationConfig, PropagationFields};
 use serde::Deserialize;
@@ -123,7 +123,7 @@ fn one_of<'a>(
 }
 
 impl Config {
-    pub fn resolve(self, errors: &mut Vec<ConfigError>) -> Settings {
+    pub fn resolve(self, errors: &mut Vec<ConfigError>, ctx: &BuildContext) -> Settings {
         non_empty(
             self.local_service_name.as_deref(),
             "local_service_name",
@@ -206,14 +206,20 @@ impl Config {
             static_tags.push((t.name, t.value));
         }
         if self.header_type.as_deref().is_some_and(|h| h != "preserve") {
-            tracing::warn!("zipkin: config.header_type is deprecated, please use config.propagation options instead");
+            ctx.warn(
+                "header_type",
+                "header_type is deprecated, please use the propagation options instead",
+            );
         }
         if self
             .default_header_type
             .as_deref()
             .is_some_and(|h| h != "b3")
         {
-            tracing::warn!("zipkin: config.default_header_type is deprecated, please use config.propagation.default_format instead");
+            ctx.warn(
+                "default_header_type",
+                "default_header_type is deprecated, please use propagation.default_format instead",
+            );
         }
         let propagation = Propagation::from_fields(
             &PropagationFields {
@@ -224,7 +230,7 @@ impl Config {
             },
             errors,
         );
-        propagation.warn_unsupported(crate::NAME);
+        propagation.warn_unsupported(ctx);
         // Kong's queue record defaults: one span per request to the collector.
         let queue = self.queue.unwrap_or_default();
         queue.check(errors);
@@ -264,7 +270,7 @@ mod tests {
     fn resolve(v: serde_json::Value) -> (Settings, Vec<(String, String)>) {
         let c: Config = parse_config(&v).unwrap();
         let mut errors = Vec::new();
-        let s = c.resolve(&mut errors);
+        let s = c.resolve(&mut errors, &portcullis_plugin_api::BuildContext::default());
         (s, errors.into_iter().map(|e| (e.path, e.message)).collect())
     }
 

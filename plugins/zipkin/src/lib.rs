@@ -106,11 +106,11 @@ impl PluginFactory for ZipkinFactory {
     fn build(
         &self,
         config: &serde_json::Value,
-        _ctx: &BuildContext,
+        ctx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
         let c: config::Config = parse_config(config).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
-        let s = c.resolve(&mut errors);
+        let s = c.resolve(&mut errors, ctx);
         if !errors.is_empty() {
             return Err(errors);
         }

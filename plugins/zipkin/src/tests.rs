@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 fn settings(config: Value) -> Settings {
     let c: config::Config = parse_config(&config).unwrap();
     let mut errors = Vec::new();
-    let s = c.resolve(&mut errors);
+    let s = c.resolve(&mut errors, &portcullis_plugin_api::BuildContext::default());
     assert!(errors.is_empty(), "{errors:?}");
     s
 }

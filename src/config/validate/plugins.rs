@@ -89,6 +89,7 @@ impl<'a> Resolver<'a> {
             route_id: None,
             service_id: None,
             files: self.file_log.clone(),
+            warnings: Default::default(),
         };
         let mut build_ctx = build_ctx;
         let mut plugins = Vec::new();
@@ -160,7 +161,23 @@ impl<'a> Resolver<'a> {
                     );
                 }
             }
-            match factory.build(&config_json, &build_ctx) {
+            let built = factory.build(&config_json, &build_ctx);
+            let warnings = build_ctx
+                .warnings
+                .get_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            for w in warnings {
+                let (loc, path) = match &p.config {
+                    Some(node) if !w.path.is_empty() => {
+                        locate_node_error(node, &format!("{}.config", p.path), &w)
+                    }
+                    Some(node) => (node.loc.clone(), format!("{}.config", p.path)),
+                    None => (p.loc.clone(), format!("{}.config", p.path)),
+                };
+                d.warn(&loc, &path, w.message);
+            }
+            match built {
                 Ok(_) if !p.enabled => {}
                 Ok(plugin) => plugins.push(PluginInstance {
                     name: p.name.v.clone(),
