@@ -380,20 +380,28 @@ fn pool_isolation_client_certificate_never_leaks() {
     let anon = ("anonymous", "ca_certificates: [root]");
 
     let (a, b, _gw) = pool_pair(&pki, &echo.url(), alice, anon);
-    assert_eq!(a.json()["client_subject"], pki.alice.subject);
+    assert_eq!(a.status, 200, "{a:#?}");
+    assert_eq!(a.json()["client_subject"], pki.alice.subject, "{a:#?}");
     assert_eq!(b.status, 200, "{b:#?}");
     assert_eq!(
         b.json()["client_subject"],
         serde_json::Value::Null,
-        "alice's connection was reused for a service without a client certificate"
+        "alice's connection was reused for a service without a client certificate: {b:#?}"
     );
 
-    let (a, b, _gw) = pool_pair(&pki, &echo.url(), anon, alice);
-    assert_eq!(a.json()["client_subject"], serde_json::Value::Null);
+    let (a, b, gw) = pool_pair(&pki, &echo.url(), anon, alice);
+    assert_eq!(a.status, 200, "{a:#?}");
+    assert_eq!(
+        a.json()["client_subject"],
+        serde_json::Value::Null,
+        "{a:#?}"
+    );
+    assert_eq!(b.status, 200, "{b:#?}\n{}", gw.log());
     assert_eq!(
         b.json()["client_subject"],
         pki.alice.subject,
-        "an anonymous connection was reused for a service with a client certificate"
+        "an anonymous connection was reused for a service with a client certificate: {b:#?}\n{}",
+        gw.log()
     );
 }
 

@@ -126,7 +126,7 @@ fn dechunk(mut body: &str) -> String {
 
 /// What curl got back.
 #[allow(dead_code)]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Response {
     /// 0 when no HTTP response arrived (see `exit_code` / `stderr`).
     pub status: u16,
@@ -137,6 +137,21 @@ pub struct Response {
     pub body: Vec<u8>,
     pub exit_code: i32,
     pub stderr: String,
+}
+
+/// The body as text (lossy), not a list of byte values, so a failing assertion's message is
+/// readable.
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("http_version", &self.http_version)
+            .field("headers", &self.headers)
+            .field("body", &String::from_utf8_lossy(&self.body))
+            .field("exit_code", &self.exit_code)
+            .field("stderr", &self.stderr)
+            .finish()
+    }
 }
 
 #[allow(dead_code)]
