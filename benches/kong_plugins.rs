@@ -151,6 +151,13 @@ services:
       config:
         http_endpoint: "http://127.0.0.1:9/logs"
         custom_fields: {env: production, team: "$(headers.x_team or 'none')", request.headers.user-agent: null}
+  - name: http-log-custom-fields-top
+    paths: [/http-log-custom-fields-top]
+    plugins:
+    - name: http-log
+      config:
+        http_endpoint: "http://127.0.0.1:9/logs"
+        custom_fields: {env: production, team: "$(headers.x_team or 'none')", shard: 7}
 "#;
 
 /// One request through `plugins`, every declared phase; `true` when it was let through.

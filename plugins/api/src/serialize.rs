@@ -400,6 +400,26 @@ pub fn write_kong_record(out: &mut Vec<u8>, entry: &LogEntry<'_>, ctx: &RequestC
     out.push(b'}');
 }
 
+/// Every top-level field [`write_kong_record`] may write: a field added under another name can
+/// be appended to the bytes without building the record as a tree.
+pub const RECORD_KEYS: [&str; 15] = [
+    "request",
+    "upstream_uri",
+    "upstream_status",
+    "response",
+    "tries",
+    "latencies",
+    "client_ip",
+    "started_at",
+    "source",
+    "route",
+    "service",
+    "consumer",
+    "authenticated_entity",
+    "error",
+    "correlation_id",
+];
+
 fn key_after_comma(out: &mut Vec<u8>, k: &str) {
     out.push(b',');
     json::key(out, k);
@@ -430,6 +450,16 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::sync::Arc;
+
+    #[track_caller]
+    fn assert_known_keys(r: &Value) {
+        for k in r.as_object().unwrap().keys() {
+            assert!(
+                RECORD_KEYS.contains(&k.as_str()),
+                "{k} is not in RECORD_KEYS"
+            );
+        }
+    }
 
     #[test]
     fn record_has_kongs_shape_and_redacts_secrets() {
@@ -496,7 +526,9 @@ mod tests {
         assert_eq!(r["upstream_uri"], "/up?jwt=REDACTED");
         assert_eq!(r.get("correlation_id"), None);
         ctx.shared.insert("correlation_id", "abc#1".into());
-        assert_eq!(kong_record(&entry, &ctx)["correlation_id"], "abc#1");
+        let r = kong_record(&entry, &ctx);
+        assert_eq!(r["correlation_id"], "abc#1");
+        assert_known_keys(&r);
     }
 
     /// Every field of the record, checked whole: tries, TLS, repeated and non-UTF-8 headers,
@@ -571,6 +603,7 @@ mod tests {
         };
         let text = kong_record_text(&entry, &ctx);
         let r: Value = serde_json::from_str(&text).unwrap();
+        assert_known_keys(&r);
         let req_size = 10 + "host: h.test:8000\r\n".len() + "x-odd: caf\u{e9} \"q\"\r\n".len() - 1;
         let resp_size = 7 + "content-type: text/plain\r\n".len() + 3 * "via: a\r\n".len();
         assert_eq!(

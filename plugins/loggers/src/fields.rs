@@ -7,7 +7,8 @@
 //! Records of instances without `custom_fields` are written straight to bytes as before; only
 //! instances with it build the record as a tree to edit.
 
-use portcullis_plugin_api::serialize::{kong_record, kong_record_bytes};
+use portcullis_plugin_api::json;
+use portcullis_plugin_api::serialize::{kong_record, kong_record_bytes, RECORD_KEYS};
 use portcullis_plugin_api::template::Template;
 use portcullis_plugin_api::{ConfigError, LogEntry, Phases, RequestCtx, RequestView};
 use serde_json::{Map, Value};
@@ -25,7 +26,11 @@ struct Field {
 
 /// A log plugin instance's record writer: Kong's record, edited by `custom_fields` when set.
 #[derive(Default)]
-pub struct Record(Vec<Field>);
+pub struct Record {
+    fields: Vec<Field>,
+    /// Every field is a new top-level one: appended to Kong's bytes, no tree built.
+    append: bool,
+}
 
 impl Record {
     /// Reads `custom_fields` (absent or `null`: Kong's record unchanged).
@@ -66,7 +71,15 @@ impl Record {
             out.push(Field { path, value });
         }
         if errors.is_empty() {
-            Ok(Record(out))
+            let append = out.iter().all(|f| {
+                f.path.len() == 1
+                    && !matches!(f.value, FieldValue::Remove)
+                    && !RECORD_KEYS.contains(&f.path[0].as_str())
+            });
+            Ok(Record {
+                fields: out,
+                append,
+            })
         } else {
             Err(errors)
         }
@@ -75,7 +88,7 @@ impl Record {
     /// The phases a log plugin with these fields needs: the route's regex captures only when a
     /// template reads them.
     pub fn phases(&self) -> Phases {
-        let captures = self.0.iter().any(|f| match &f.value {
+        let captures = self.fields.iter().any(|f| match &f.value {
             FieldValue::Template(t) => t.uses_captures(),
             _ => false,
         });
@@ -88,16 +101,35 @@ impl Record {
 
     /// The record of one request as JSON bytes.
     pub fn bytes(&self, entry: &LogEntry<'_>, ctx: &RequestCtx) -> Vec<u8> {
-        if self.0.is_empty() {
+        if self.fields.is_empty() {
             return kong_record_bytes(entry, ctx);
         }
-        let mut record = kong_record(entry, ctx);
         let req = RequestView {
             method: entry.method,
             uri: entry.uri,
             headers: entry.request_headers,
         };
-        for f in &self.0 {
+        if self.append {
+            let mut out = kong_record_bytes(entry, ctx);
+            if out.pop() == Some(b'}') {
+                for f in &self.fields {
+                    out.push(b',');
+                    json::string(&mut out, &f.path[0]);
+                    out.push(b':');
+                    match &f.value {
+                        FieldValue::Template(t) => json::string(&mut out, &t.render(&req, ctx)),
+                        FieldValue::Json(v) => {
+                            let _ = serde_json::to_writer(&mut out, v);
+                        }
+                        FieldValue::Remove => out.extend_from_slice(b"null"),
+                    }
+                }
+                out.push(b'}');
+                return out;
+            }
+        }
+        let mut record = kong_record(entry, ctx);
+        for f in &self.fields {
             let value = match &f.value {
                 FieldValue::Remove => None,
                 FieldValue::Json(v) => Some(v.clone()),
@@ -209,6 +241,30 @@ mod tests {
         // Kong's record is otherwise intact.
         assert_eq!(r["request"]["method"], "GET");
         assert_eq!(r["response"]["status"], 200);
+    }
+
+    #[test]
+    fn new_top_level_fields_are_appended_to_the_same_record() {
+        let fields = json!({
+            "env": "pro\"duction",
+            "team": "$(headers.x_team)",
+            "n": 3,
+            "obj": {"a": [1, null]},
+        });
+        let mut r = Record::from_config(Some(&fields)).unwrap();
+        assert!(r.append);
+        let ctx = RequestCtx::default();
+        let appended = with_entry(|e| r.bytes(e, &ctx));
+        r.append = false;
+        let edited = with_entry(|e| r.bytes(e, &ctx));
+        let appended: Value = serde_json::from_slice(&appended).unwrap();
+        assert_eq!(appended, serde_json::from_slice::<Value>(&edited).unwrap());
+        assert_eq!(appended["env"], "pro\"duction");
+        assert_eq!(appended["team"], "payments");
+        // Nested, replacing or removing fields take the tree.
+        for f in [json!({"a.b": 1}), json!({"route": 1}), json!({"x": null})] {
+            assert!(!Record::from_config(Some(&f)).unwrap().append, "{f}");
+        }
     }
 
     #[test]
