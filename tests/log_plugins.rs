@@ -12,6 +12,23 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
+/// The JSON lines file-log wrote to `path` so far.
+fn records(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The records at `path` once there are `n` of them.
+fn wait_records(path: &std::path::Path, n: usize) -> Vec<Value> {
+    wait_until(&format!("{n} records"), Duration::from_secs(10), || {
+        records(path).len() == n
+    });
+    records(path)
+}
+
 fn bodies(r: &HttpReceiver, from: usize) -> Vec<Value> {
     r.received()[from..]
         .iter()
@@ -95,17 +112,10 @@ fn file_log_writes_kong_records_and_reopens_after_rotation() {
         assert_eq!(r.status, 200);
         ids.push(r.header("x-request-id").unwrap().to_string());
     }
-    let read_lines = |p: &std::path::Path| -> Vec<Value> {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
     wait_until("3 lines", Duration::from_secs(10), || {
-        read_lines(&path).len() == 3
+        records(&path).len() == 3
     });
-    let lines = read_lines(&path);
+    let lines = records(&path);
     for (i, rec) in lines.iter().enumerate() {
         assert_kong_record(rec, &format!("/logged/{i}"));
         assert_eq!(rec["request"]["querystring"]["q"], i.to_string());
@@ -127,10 +137,10 @@ fn file_log_writes_kong_records_and_reopens_after_rotation() {
     std::fs::rename(&path, &rotated).unwrap();
     assert_eq!(at("/logged/after").run().status, 200);
     wait_until("the reopened file", Duration::from_secs(10), || {
-        read_lines(&path).len() == 1
+        records(&path).len() == 1
     });
-    assert_eq!(read_lines(&rotated).len(), 3);
-    assert!(read_lines(&path)[0]["request"]["uri"]
+    assert_eq!(records(&rotated).len(), 3);
+    assert!(records(&path)[0]["request"]["uri"]
         .as_str()
         .unwrap()
         .starts_with("/logged/after"));
@@ -374,15 +384,7 @@ fn custom_fields_add_template_and_remove_record_fields() {
     };
     assert_eq!(at(Some("payments")).status, 200);
     assert_eq!(at(None).status, 200);
-    let read = || -> Vec<Value> {
-        std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    wait_until("two records", Duration::from_secs(10), || read().len() == 2);
-    let recs = read();
+    let recs = wait_records(&path, 2);
     for rec in &recs {
         assert_kong_record(rec, "/logged");
         assert_eq!(rec["env"], "production", "{rec}");
@@ -457,11 +459,7 @@ fn a_failed_connection_attempt_is_listed_in_tries() {
     ));
     let r = Curl::at("http", "example.com", gw.http_port(), "/logged").run();
     assert_eq!(r.status, 502);
-    let read = || std::fs::read_to_string(&path).unwrap_or_default();
-    wait_until("the record", Duration::from_secs(10), || {
-        read().lines().count() == 1
-    });
-    let rec: Value = serde_json::from_str(read().lines().next().unwrap()).unwrap();
+    let rec = wait_records(&path, 1).remove(0);
     let tries = rec["tries"].as_array().unwrap();
     assert_eq!(tries.len(), 1, "{rec}");
     assert_eq!(tries[0]["ip"], "127.0.0.1");
@@ -525,15 +523,7 @@ services:
     };
     assert_eq!(call(true).status, 200);
     assert_eq!(call(false).status, 401);
-    let read = || -> Vec<Value> {
-        std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    wait_until("two records", Duration::from_secs(10), || read().len() == 2);
-    let recs = read();
+    let recs = wait_records(&path, 2);
     let tls = &recs[0]["request"]["tls"];
     assert_eq!(tls["version"], "TLSv1.3", "{}", recs[0]);
     assert!(

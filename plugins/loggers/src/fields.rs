@@ -113,6 +113,10 @@ impl Record {
             let mut out = kong_record_bytes(entry, ctx);
             if out.pop() == Some(b'}') {
                 for f in &self.fields {
+                    // `append` is never set with a removal; there would be nothing to write.
+                    if matches!(f.value, FieldValue::Remove) {
+                        continue;
+                    }
                     out.push(b',');
                     json::string(&mut out, &f.path[0]);
                     out.push(b':');
@@ -121,7 +125,7 @@ impl Record {
                         FieldValue::Json(v) => {
                             let _ = serde_json::to_writer(&mut out, v);
                         }
-                        FieldValue::Remove => out.extend_from_slice(b"null"),
+                        FieldValue::Remove => {}
                     }
                 }
                 out.push(b'}');

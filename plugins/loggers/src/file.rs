@@ -21,9 +21,9 @@ struct Config {
     path: String,
     #[serde(default)]
     reopen: bool,
-    /// Lua: accepted so Kong files load, never run (the loader warns at its location).
-    #[serde(default, rename = "custom_fields_by_lua")]
-    _custom_fields_by_lua: Option<serde::de::IgnoredAny>,
+    /// Lua: accepted so Kong files load, never run (a located warning says so).
+    #[serde(default)]
+    custom_fields_by_lua: Option<serde::de::IgnoredAny>,
     /// Portcullis's stand-in for `custom_fields_by_lua`: record fields set from values and
     /// templates (see `fields.rs`).
     #[serde(default)]
@@ -84,7 +84,7 @@ impl PluginFactory for FileLogFactory {
     fn build(
         &self,
         config: &serde_json::Value,
-        _ctx: &BuildContext,
+        ctx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
         let c: Config = parse_config(config).map_err(|e| vec![e])?;
         if c.path.is_empty() || c.path.contains(['*', '&', '%', '\\', '`']) {
@@ -93,6 +93,7 @@ impl PluginFactory for FileLogFactory {
                 "not a valid filename (Kong's rule: no *, &, %, \\ or `)",
             )]);
         }
+        crate::warn_lua(ctx, c.custom_fields_by_lua);
         let record = Record::from_config(c.custom_fields.as_ref())?;
         let sink = FileSink {
             path: PathBuf::from(&c.path),

@@ -53,9 +53,9 @@ struct Config {
     queue_size: Option<u64>,
     #[serde(default)]
     flush_timeout: Option<f64>,
-    /// Lua: accepted so Kong files load, never run (the loader warns at its location).
-    #[serde(default, rename = "custom_fields_by_lua")]
-    _custom_fields_by_lua: Option<serde::de::IgnoredAny>,
+    /// Lua: accepted so Kong files load, never run (a located warning says so).
+    #[serde(default)]
+    custom_fields_by_lua: Option<serde::de::IgnoredAny>,
     /// Portcullis's stand-in for `custom_fields_by_lua`: record fields set from values and
     /// templates (see `fields.rs`).
     #[serde(default)]
@@ -134,7 +134,7 @@ impl PluginFactory for HttpLogFactory {
     fn build(
         &self,
         config: &serde_json::Value,
-        _ctx: &BuildContext,
+        ctx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
         let c: Config = parse_config(config).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
@@ -232,6 +232,7 @@ impl PluginFactory for HttpLogFactory {
         };
         queue.check(&mut errors);
         let _ = c.retry_count;
+        crate::warn_lua(ctx, c.custom_fields_by_lua);
         let record = Record::from_config(c.custom_fields.as_ref()).unwrap_or_else(|e| {
             errors.extend(e);
             Record::default()

@@ -17,3 +17,14 @@ pub mod queue;
 pub use file::FileLogFactory;
 pub use http::HttpLogFactory;
 pub use net::{TcpLogFactory, UdpLogFactory};
+
+/// Kong files carry `custom_fields_by_lua` on the log plugins; they load, and the operator is told
+/// at the field's location that its Lua is not run.
+fn warn_lua(ctx: &portcullis_plugin_api::BuildContext, lua: Option<serde::de::IgnoredAny>) {
+    if lua.is_some() {
+        ctx.warn(
+            "custom_fields_by_lua",
+            "custom_fields_by_lua is accepted and ignored: Portcullis runs no Lua (custom_fields sets record fields without it)",
+        );
+    }
+}

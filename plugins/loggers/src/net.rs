@@ -32,9 +32,9 @@ struct TcpConfig {
     tls: bool,
     #[serde(default)]
     tls_sni: Option<String>,
-    /// Lua: accepted so Kong files load, never run (the loader warns at its location).
-    #[serde(default, rename = "custom_fields_by_lua")]
-    _custom_fields_by_lua: Option<serde::de::IgnoredAny>,
+    /// Lua: accepted so Kong files load, never run (a located warning says so).
+    #[serde(default)]
+    custom_fields_by_lua: Option<serde::de::IgnoredAny>,
     /// Portcullis's stand-in for `custom_fields_by_lua`: record fields set from values and
     /// templates (see `fields.rs`).
     #[serde(default)]
@@ -48,9 +48,9 @@ struct UdpConfig {
     port: u16,
     #[serde(default = "d_timeout")]
     timeout: f64,
-    /// Lua: accepted so Kong files load, never run (the loader warns at its location).
-    #[serde(default, rename = "custom_fields_by_lua")]
-    _custom_fields_by_lua: Option<serde::de::IgnoredAny>,
+    /// Lua: accepted so Kong files load, never run (a located warning says so).
+    #[serde(default)]
+    custom_fields_by_lua: Option<serde::de::IgnoredAny>,
     /// Portcullis's stand-in for `custom_fields_by_lua`: record fields set from values and
     /// templates (see `fields.rs`).
     #[serde(default)]
@@ -223,11 +223,12 @@ impl PluginFactory for TcpLogFactory {
     fn build(
         &self,
         config: &serde_json::Value,
-        _ctx: &BuildContext,
+        ctx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
         let c: TcpConfig = parse_config(config).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
         check_common(&c.host, c.port, c.timeout, &mut errors);
+        crate::warn_lua(ctx, c.custom_fields_by_lua);
         let record = Record::from_config(c.custom_fields.as_ref()).unwrap_or_else(|e| {
             errors.extend(e);
             Record::default()
@@ -286,11 +287,12 @@ impl PluginFactory for UdpLogFactory {
     fn build(
         &self,
         config: &serde_json::Value,
-        _ctx: &BuildContext,
+        ctx: &BuildContext,
     ) -> Result<Arc<dyn Plugin>, Vec<ConfigError>> {
         let c: UdpConfig = parse_config(config).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
         check_common(&c.host, c.port, c.timeout, &mut errors);
+        crate::warn_lua(ctx, c.custom_fields_by_lua);
         let record = Record::from_config(c.custom_fields.as_ref()).unwrap_or_else(|e| {
             errors.extend(e);
             Record::default()

@@ -26,7 +26,7 @@ use portcullis_plugin_api::{
     PluginFactory, RequestCtx, RequestView, ResponseHead,
 };
 use portcullis_tracing_common::config::{check_header_name, endpoint, exporter_client, timeout};
-use portcullis_tracing_common::{host_without_port, random_bytes, request_end, to_hex};
+use portcullis_tracing_common::{random_bytes, request_end, to_hex};
 use portcullis_tracing_common::{InjectCtx, Propagation};
 use prost::Message;
 use std::sync::Arc;
@@ -366,7 +366,7 @@ impl OpenTelemetry {
     ) {
         let start = nanos(entry.started_at);
         let end = nanos(request_end(entry));
-        let host = host_without_port(entry.host);
+        let host = portcullis_plugin_api::host_without_port(entry.host);
         let target = entry
             .uri
             .path_and_query()

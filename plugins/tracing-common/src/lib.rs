@@ -52,8 +52,6 @@ pub fn request_end(entry: &LogEntry<'_>) -> SystemTime {
         .unwrap_or(entry.started_at)
 }
 
-pub use portcullis_plugin_api::host_without_port;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use crate::config::Settings;
 use crate::Trace;
 use portcullis_plugin_api::{http, LogEntry, RequestCtx};
-use portcullis_tracing_common::{host_without_port, node_id, random_bytes, to_hex};
+use portcullis_tracing_common::{node_id, random_bytes, to_hex};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -231,7 +231,7 @@ pub fn spans(
     request.tag("http.method", method);
     request.tag(
         "http.host",
-        host_without_port(entry.host).to_ascii_lowercase(),
+        portcullis_plugin_api::host_without_port(entry.host).to_ascii_lowercase(),
     );
     request.tag("http.path", path);
     if let Some(p) = protocol(entry.version) {

@@ -149,18 +149,6 @@ impl<'a> Resolver<'a> {
             };
             build_ctx.route_id = scope.route.clone();
             build_ctx.service_id = scope.service.clone();
-            if let (Some(node), Some(lua)) = (&p.config, config_json.get("custom_fields_by_lua")) {
-                // Kong's logging plugins run it as Lua; a Kong file must still load.
-                if !lua.is_null() {
-                    let e = api::ConfigError::new("custom_fields_by_lua", "");
-                    let (loc, path) = locate_node_error(node, &format!("{}.config", p.path), &e);
-                    d.warn(
-                        &loc,
-                        &path,
-                        "custom_fields_by_lua is accepted and ignored: Portcullis runs no Lua (custom_fields sets record fields without it)",
-                    );
-                }
-            }
             let built = factory.build(&config_json, &build_ctx);
             let warnings = build_ctx
                 .warnings
