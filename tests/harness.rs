@@ -356,3 +356,19 @@ plain_metric 3.5\n";
         None
     );
 }
+
+/// A port handed out once is not handed out again in the same run, even after its listener is
+/// released (another test's gateway may be about to bind it).
+#[test]
+fn reserved_ports_are_not_handed_out_twice() {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let port = reserve_listener().local_addr().expect("addr").port();
+        // Released at once, as `Ports::new` releases them for the gateway.
+        assert!(seen.insert(port), "port {port} reserved twice");
+    }
+    let claimed = std::env::temp_dir()
+        .join("portcullis-test-ports")
+        .join(seen.iter().next().expect("a port").to_string());
+    assert!(claimed.exists(), "{}", claimed.display());
+}

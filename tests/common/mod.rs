@@ -32,6 +32,12 @@ use std::path::PathBuf;
 /// the ephemeral range, where any outgoing connection of a parallel test may take it as its
 /// source port in that moment ("Address already in use" under a suite that opens hundreds of
 /// connections); below the range only another listener can.
+///
+/// Each port is also claimed for the whole run with a marker file shared by every test process
+/// (nextest runs each test in its own): a port one test reserved, released and handed to its
+/// gateway is never reserved again by another test in the moment before that gateway binds it.
+/// Without the claim, the second test's gateway could win the port and the first test's requests
+/// reach the wrong gateway (seen as one 502-instead-of-200 and one empty reply in full runs).
 pub fn reserve_listener() -> TcpListener {
     use std::hash::{BuildHasher, Hasher};
     let state = std::collections::hash_map::RandomState::new();
@@ -39,11 +45,41 @@ pub fn reserve_listener() -> TcpListener {
         let mut h = state.build_hasher();
         h.write_u64(attempt);
         let port = 10_000 + (h.finish() % 22_000) as u16;
+        if !claim_port(port) {
+            continue;
+        }
         if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
             return l;
         }
     }
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+/// Claims `port` for this run: creates its marker file exclusively. A marker older than the
+/// longest a test run takes is from an earlier run and is taken over.
+fn claim_port(port: u16) -> bool {
+    const STALE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+    let dir = std::env::temp_dir().join("portcullis-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let marker = dir.join(port.to_string());
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok()
+    };
+    if create() {
+        return true;
+    }
+    let stale = std::fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE);
+    // Two processes taking over the same stale marker at once can both succeed; that only
+    // reopens, for that port and moment, the race the markers close.
+    stale && std::fs::remove_file(&marker).is_ok() && create()
 }
 
 /// A port on 127.0.0.1 that was free a moment ago (the listener is dropped before returning).
